@@ -1,0 +1,456 @@
+"""Typed configuration: a pydantic v2 schema loaded from YAML.
+
+A config is data, never code: YAML is read with `safe_load`, `base:` chains are merged as dicts,
+`--set key.path=value` overrides are parsed as YAML scalars. Every field is documented here and,
+with its default, in `configs/demo.yaml`. Any error becomes one line naming the file, the key path
+and what would be valid (`ConfigError`, a `UserError`: the CLI exits 2 before anything is written).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+from pipeline.presets import PRESETS
+
+STAGES = ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report")
+StageName = Literal["prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report"]
+SOURCE_SCHEMES = ("hf:", "files:", "builtin:wikipedia", "builtin:reference-language")
+
+
+class ConfigError(UserError):
+    """A config that does not validate; the message is one line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class ReferenceLanguageConfig(Section):
+    """`builtin:reference-language`: a generated language whose probabilities are known exactly."""
+
+    beta: float = Field(1.3, gt=1.0, description="Zipf exponent of word frequencies (> 1).")
+    lexicon_size: int = Field(3000, ge=10, description="Number of distinct words.")
+    documents: int = Field(3000, ge=10, description="Documents to generate (before the split).")
+    mean_sentence_words: float = Field(10.0, gt=1.0, description="Mean words per sentence.")
+    mean_document_sentences: float = Field(6.0, gt=1.0, description="Mean sentences per document.")
+    seed: int = Field(0, description="Seed of the lexicon and of the sampled documents.")
+
+
+class CorpusConfig(Section):
+    """Where the human text comes from and how it is split."""
+
+    source: str = Field(
+        "builtin:wikipedia",
+        description="hf:NAME[:CONFIG] | files:GLOB | builtin:wikipedia | builtin:reference-language",
+    )
+    text_field: str = Field("text", description="Column/field holding the text (hf, jsonl, parquet).")
+    split: str = Field("train", description="Split to read from an hf dataset.")
+    max_documents: int | None = Field(None, gt=0, description="Read at most this many documents.")
+    streaming: bool = Field(False, description="Stream an hf dataset instead of downloading it whole.")
+    min_chars: int = Field(600, ge=0, description="Join paragraphs into documents of at least this many characters.")
+    validation_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out for validation.")
+    test_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share held out for test (never trained on).")
+    seed: int = Field(0, description="Seed of the document split.")
+    reference: ReferenceLanguageConfig = Field(default_factory=ReferenceLanguageConfig)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(SOURCE_SCHEMES) or value in ("hf:", "files:"):
+            raise ValueError(f"unknown source {value!r}; valid: {', '.join(s + ('...' if s.endswith(':') else '') for s in SOURCE_SCHEMES)}")
+        if value.startswith("builtin:") and value not in SOURCE_SCHEMES:
+            raise ValueError(f"unknown built-in {value!r}; valid: builtin:wikipedia, builtin:reference-language")
+        return value
+
+
+class TokenizerConfig(Section):
+    """Byte-level BPE trained on the human train split, or a pretrained model's tokenizer."""
+
+    kind: Literal["bpe", "pretrained"] = Field("bpe", description="bpe (train one) | pretrained (load one).")
+    vocab_size: int = Field(4096, ge=300, description="Vocabulary size of a trained BPE (>= 300: 256 bytes + merges).")
+    path: str | None = Field(None, description="Pretrained tokenizer path/hub id; default: the teacher's pretrained model.")
+
+
+class PackingConfig(Section):
+    """Tokenised documents become fixed-length blocks with EOS between documents."""
+
+    block_size: int = Field(128, ge=8, description="Tokens per training block (the context length).")
+    num_proc: int = Field(1, ge=1, description="Processes for tokenisation (datasets.map num_proc).")
+
+
+# ---------------------------------------------------------------- models and training
+
+
+class LoraConfig(Section):
+    """LoRA adapters through peft (used when finetune: lora)."""
+
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; default: the family's attention/MLP projections.")
+
+
+class ModelConfig(Section):
+    """A causal LM: a family + size preset (or explicit dimensions), or a pretrained checkpoint."""
+
+    name: str | None = Field(None, description="Label in unit ids and tables; default: FAMILY-SIZE.")
+    family: Literal["gpt2", "llama"] = Field("gpt2", description="Architecture family.")
+    size: str | None = Field("tiny", description="Preset name (see pipeline/presets.py); explicit dims below override it.")
+    n_layer: int | None = Field(None, ge=1, description="Transformer blocks.")
+    n_embd: int | None = Field(None, ge=8, description="Hidden size.")
+    n_head: int | None = Field(None, ge=1, description="Attention heads.")
+    n_kv_head: int | None = Field(None, ge=1, description="Key/value heads (llama, grouped-query attention).")
+    intermediate_size: int | None = Field(None, ge=8, description="MLP width (llama).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout everywhere (0: ~40% faster on CPU).")
+    pretrained: str | None = Field(None, description="Start from this checkpoint (path or hub id) instead of random init.")
+    finetune: Literal["full", "lora"] = Field("full", description="With pretrained: full fine-tuning or LoRA.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the checkpoint (off: safer).")
+
+    @model_validator(mode="after")
+    def _known_size(self) -> "ModelConfig":
+        if self.pretrained is None and self.size is not None and self.size not in PRESETS[self.family]:
+            raise ValueError(f"unknown size {self.size!r} for family {self.family}; valid: {', '.join(PRESETS[self.family])}")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.pretrained:
+            return Path(self.pretrained).name.replace("/", "-")
+        return f"{self.family}-{self.size or 'custom'}"
+
+
+class TrainingConfig(Section):
+    """How one model trains (a student or the scratch teacher): one loop, shared."""
+
+    epochs: float | None = Field(1.0, gt=0, description="Passes over the unit's data (ignored when tokens is set).")
+    tokens: int | None = Field(None, gt=0, description="Train for this many tokens instead of epochs.")
+    batch_size: int = Field(8, ge=1, description="Global batch in blocks per optimizer step (all processes).")
+    micro_batch_size: int | None = Field(None, ge=1, description="Blocks per process per forward; default: batch_size / processes (accumulates the rest).")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to lr * min_lr_ratio.")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm (0: off).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    eval_every: int = Field(0, ge=0, description="Validate every N steps (0: at the end of each epoch).")
+    keep_best: bool = Field(True, description="Keep the checkpoint with the best validation loss as the final model.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many validations without improvement.")
+    checkpoint_every: int = Field(200, ge=0, description="Checkpoint every N steps (0: only on SIGTERM/SIGUSR1).")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints while training.")
+    log_every: int = Field(10, ge=1, description="Log loss, lr, tokens/s, MFU every N steps.")
+
+    def training_slice(self) -> dict[str, Any]:
+        """The fields that change what a trained model is (hashed into fingerprints).
+
+        How often we log or checkpoint does not change the model, so those stay out: changing them
+        must not redo finished units.
+        """
+        bookkeeping = {"checkpoint_every", "keep_checkpoints", "log_every"}
+        return self.model_dump(mode="json", include=set(TrainingConfig.model_fields) - bookkeeping)
+
+    def training(self) -> "TrainingConfig":
+        """This section's training fields as a plain TrainingConfig (teacher and students share one loop)."""
+        return TrainingConfig.model_validate(self.model_dump(include=set(TrainingConfig.model_fields)))
+
+
+class TeacherConfig(TrainingConfig):
+    """The model that writes the synthetic text (also how each later generation's teacher trains)."""
+
+    init: Literal["scratch", "pretrained"] = Field("scratch", description="scratch: train `model` on the human train split; pretrained: load `pretrained`.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture for init: scratch.")
+    pretrained: str | None = Field(None, description="Path or hub id of a causal LM (init: pretrained).")
+    finetune: Literal["none", "full", "lora"] = Field("none", description="Fine-tune a pretrained teacher on the human train split.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the checkpoint.")
+
+    @model_validator(mode="after")
+    def _pretrained_given(self) -> "TeacherConfig":
+        if self.init == "pretrained" and not self.pretrained:
+            raise ValueError("init: pretrained needs teacher.pretrained (a path or hub id)")
+        return self
+
+
+class GenerateConfig(Section):
+    """Sampling synthetic text from the teacher, over one or more generations."""
+
+    tokens: int = Field(300_000, gt=0, description="Synthetic tokens to write per generation.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature (< 1 thins the tails).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens per sampled sequence at most.")
+    min_new_tokens: int = Field(0, ge=0, description="EOS is suppressed before this many tokens.")
+    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeats (1: off).")
+    prompt: Literal["bos", "human"] = Field("bos", description="bos: unconditional; human: first prompt_tokens of human train documents.")
+    prompt_tokens: int = Field(8, ge=1, description="Prompt length with prompt: human.")
+    batch_size: int | None = Field(None, ge=1, description="Sequences per generate call; default: as many as fit in memory.")
+    shards: int = Field(4, ge=1, description="Units per generation; a killed run regenerates only missing shards.")
+    generations: int = Field(1, ge=1, description="Teacher generations: g+1's teacher trains on g's synthetic text.")
+    mode: Literal["replace", "accumulate"] = Field("replace", description="Later teachers train on the last corpus only, or on all so far.")
+    heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of synthetic text held out (students are evaluated on it).")
+    tail_rank: int = Field(1000, ge=1, description="Diagnostics: mass beyond this human word rank is 'the tail'.")
+    seed: int = Field(0, description="Sampling seed (per shard seeds derive from it).")
+
+
+class MixConfig(Section):
+    """Human/synthetic mixtures: a grid of synthetic fractions x token budgets."""
+
+    synthetic_fractions: list[float] = Field([0.0, 0.5, 1.0], min_length=1, description="Synthetic share p of each mixture, each in [0, 1].")
+    token_budgets: list[int] = Field([50_000, 200_000], min_length=1, description="Training tokens n of each mixture (> 0).")
+    mode: Literal["replace", "add"] = Field("replace", description="replace: n tokens, p of them synthetic; add: human_budget human tokens plus synthetic.")
+    human_budget: int | None = Field(None, gt=0, description="Human tokens in add mode.")
+    generations: list[int] = Field([0], min_length=1, description="Which synthetic generations to mix (0-based).")
+    seed: int = Field(0, description="Seed of the fixed block orders (mixtures are nested).")
+
+    @field_validator("synthetic_fractions")
+    @classmethod
+    def _fractions_in_unit_interval(cls, values: list[float]) -> list[float]:
+        for i, p in enumerate(values):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"item {i} is {p}; each synthetic fraction must be in [0, 1]")
+        return values
+
+    @field_validator("token_budgets")
+    @classmethod
+    def _budgets_positive(cls, values: list[int]) -> list[int]:
+        for i, n in enumerate(values):
+            if n <= 0:
+                raise ValueError(f"item {i} is {n}; each token budget must be a positive number of tokens")
+        return values
+
+
+class TrainConfig(TrainingConfig):
+    """Students: every model x mixture x seed is one train unit."""
+
+    students: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1, description="Student models.")
+    seeds: list[int] = Field([0], min_length=1, description="Training seeds per student and mixture.")
+    epochs: float | None = Field(4.0, gt=0, description="Passes over the mixture (ignored when tokens is set).")
+
+
+class EvaluateConfig(Section):
+    """Held-out evaluation: summed token NLL over every human test token."""
+
+    batch_size: int = Field(32, ge=1, description="Blocks per forward pass.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="Autocast dtype for evaluation.")
+
+
+class FitConfig(Section):
+    """Scaling-law fits L_p(n) = E_p + A n^-alpha and the map onto the linear theory."""
+
+    shared_exponent: bool = Field(True, description="One A and alpha across fractions (else per fraction).")
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for intervals (0: none).")
+
+
+class ReportConfig(Section):
+    """The report: markdown + PNG figures."""
+
+    title: str | None = Field(None, description="Report title; default from the run name.")
+    theory_figures: bool = Field(True, description="Include theory-vs-simulation panels.")
+
+
+class SlurmResources(Section):
+    """sbatch resources of a stage's job array."""
+
+    partition: str | None = Field(None, description="--partition")
+    account: str | None = Field(None, description="--account")
+    qos: str | None = Field(None, description="--qos")
+    time: str = Field("01:00:00", description="--time (walltime per array task).")
+    nodes: int = Field(1, ge=1, description="--nodes per task (train/generate use multi-node accelerate when > 1).")
+    gpus_per_node: int = Field(0, ge=0, description="--gpus-per-node (0: CPU job).")
+    cpus_per_task: int = Field(2, ge=1, description="--cpus-per-task")
+    mem: str | None = Field("8G", description="--mem per node")
+    extra: list[str] = Field(default_factory=list, description="Extra '#SBATCH ...' option lines, verbatim.")
+
+
+class SlurmConfig(SlurmResources):
+    """`collapse submit`: defaults for every stage, overridden per stage under `stages:`."""
+
+    stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict, description="Per-stage overrides of the fields above.")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load, venv activate).")
+    max_array_size: int | None = Field(None, ge=1, description="Split arrays above this size; default: the cluster's MaxArraySize.")
+    signal_seconds: int = Field(120, ge=10, description="Send USR1 this long before the time limit: checkpoint and requeue.")
+    requeue: bool = Field(True, description="Requeue on preemption / time limit (resumes from the checkpoint).")
+
+    def for_stage(self, stage: str) -> SlurmResources:
+        base = self.model_dump(include=set(SlurmResources.model_fields))
+        try:
+            return SlurmResources.model_validate({**base, **self.stages.get(stage, {})})
+        except ValidationError as exc:
+            raise ConfigError(f"slurm.stages.{stage}: {_first_error(exc)[1]}") from None
+
+
+class Config(Section):
+    """A whole experiment. One config = one run directory `runs_dir/name`."""
+
+    base: str | None = Field(None, description="Config this one extends (path relative to this file).")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: outputs go to runs_dir/name.")
+    runs_dir: str = Field("runs", description="Where run directories live.")
+    stages: list[StageName] = Field(list(STAGES), min_length=1, description="Stages `collapse run` executes, in pipeline order.")
+    launcher: Literal["local", "accelerate"] = Field("local", description="local: in this process; accelerate: train/generate units under `accelerate launch`.")
+    accelerate_config: str = Field("configs/accelerate/cpu2.yaml", description="accelerate config file used with launcher: accelerate.")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    packing: PackingConfig = Field(default_factory=PackingConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        for g in self.mix.generations:
+            if not 0 <= g < self.generate.generations:
+                raise ValueError(f"mix.generations has {g}; valid: 0..{self.generate.generations - 1} (generate.generations is {self.generate.generations})")
+        if self.mix.mode == "add" and self.mix.human_budget is None:
+            raise ValueError("mix.mode: add needs mix.human_budget (human tokens in every mixture)")
+        if self.tokenizer.kind == "pretrained" and not (self.tokenizer.path or self.teacher.pretrained):
+            raise ValueError("tokenizer.kind: pretrained needs tokenizer.path or teacher.pretrained")
+        labels = [s.label for s in self.train.students]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"train.students have duplicate labels {labels}; give each a distinct name")
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be distinct and in pipeline order: {', '.join(STAGES)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (following `base:`), apply `--set` overrides, validate. Raises ConfigError."""
+    path = Path(path)
+    raw = _read_with_bases(path, chain=())
+    set_keys = []
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _assign(raw, key, value, item)
+        set_keys.append(key)
+    raw.pop("base", None)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        loc, message = _first_error(exc)
+        where = next((f"--set {k}" for k in set_keys if loc == k or loc.startswith(k + ".")), str(path))
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {loc or '(top level)'}: {message}{extra}") from None
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        what = f"base of {chain[-1]}" if chain else "config"
+        raise ConfigError(f"{path}: {what} file not found")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: base chain loops back to itself ({' -> '.join(map(str, chain))})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    base = data.get("base")
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must be a path to another config file")
+    merged = _read_with_bases((path.parent / base), chain + (path.resolve(),))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """Mappings merge key by key; anything else (lists included) in `over` replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+        raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. --set mix.token_budgets=[50000,200000]")
+    try:
+        return key, yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item}: value is not valid YAML") from None
+
+
+def _assign(raw: dict, key: str, value: Any, item: str) -> None:
+    node: Any = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: {part} is not inside a mapping")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {item}: cannot set {last} inside a {type(node).__name__}")
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        valid = ", ".join(parent.model_fields) if parent else "see configs/demo.yaml"
+        msg = f"unknown key; valid keys here: {valid}"
+    elif "input" in err and kind not in ("missing",) and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    return loc, msg
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class at a location (to list the valid keys next to an unknown one)."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def default_config_path() -> Path:
+    """The embedded default: configs/demo.yaml in the working directory, else beside the package."""
+    local = Path("configs/demo.yaml")
+    return local if local.is_file() else Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
