@@ -1,0 +1,21 @@
+"""Launchers start a unit's process; they share one contract: `launch(executor, unit) -> UnitOutcome`.
+
+Whatever starts it — this process, `accelerate launch`, a Slurm array task — the unit itself always
+runs through `Executor.execute`, so locking, manifests and atomic renames are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Config
+
+
+def get_launcher(cfg: Config, resolved_config: Path):
+    if cfg.launcher == "accelerate":
+        from pipeline.launchers.accelerate import AccelerateLauncher
+
+        return AccelerateLauncher(resolved_config, Path(cfg.accelerate_config))
+    from pipeline.launchers.local import LocalLauncher
+
+    return LocalLauncher()

@@ -1,0 +1,223 @@
+"""`collapse`: run, plan, inspect and submit experiments.
+
+    collapse run [CONFIG] [--stages a,b] [--force STAGE[,STAGE]] [--set key.path=value]...
+    collapse plan [CONFIG]                    units, fingerprints, done/pending — runs nothing
+    collapse status RUN_DIR                   a table per stage; the results table
+    collapse stage STAGE CONFIG --unit ID     one unit (what Slurm array tasks and accelerate workers run)
+    collapse submit CONFIG [--dry-run]        job arrays on a Slurm cluster
+    collapse theory ...                       predictions and figures of the linear theory
+
+Bad input of any kind prints one line `collapse: error: ...` and exits 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import STAGES, Config, default_config_path, load_config
+from pipeline.errors import UserError
+
+log = logging.getLogger("collapse")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_console_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"collapse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("collapse: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collapse", description="Model-collapse experiments, stage by stage, resumable.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, optional: bool = True) -> None:
+        p.add_argument("config", nargs="?" if optional else None, help="YAML config (default: configs/demo.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+
+    p = sub.add_parser("run", help="run the pipeline (skips finished units)")
+    with_config(p)
+    p.add_argument("--stages", help=f"comma-separated subset of: {','.join(STAGES)}")
+    p.add_argument("--force", default="", help="redo these stages' units even if done (comma-separated)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="list units, fingerprints and what is done, without running")
+    with_config(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("status", help="a table per stage: done / pending / running / failed")
+    p.add_argument("run_dir", help="runs/NAME")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stage", help="run one unit of one stage")
+    p.add_argument("stage", choices=STAGES)
+    with_config(p, optional=False)
+    p.add_argument("--unit", required=True, help="unit id (see collapse plan)")
+    p.add_argument("--force", action="store_true", help="redo it even if done")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("submit", help="submit the pending units to Slurm as job arrays")
+    with_config(p)
+    p.add_argument("--stages", help="comma-separated subset of stages")
+    p.add_argument("--dry-run", action="store_true", help="render the sbatch scripts, submit nothing")
+    p.set_defaults(func=cmd_submit)
+
+    try:
+        from pipeline.theory.cli import add_parser as add_theory_parser
+    except ImportError:  # theory module optional at import time (it only needs numpy/scipy)
+        add_theory_parser = None
+    if add_theory_parser is not None:
+        add_theory_parser(sub)
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.executor import run_units
+    from pipeline.launchers import get_launcher
+
+    cfg, executor = _load(args)
+    selected = _stage_list(args.stages, "--stages") if args.stages else list(cfg.stages)
+    executor.force = frozenset(_stage_list(args.force, "--force")) if args.force else frozenset()
+    units = [u for u in executor.planned if u.stage in selected]
+    resolved = save_resolved_config(cfg)
+    _add_run_log(cfg.run_dir)
+    log.info("run %s: %d units in stages %s", cfg.run_dir, len(units), ",".join(selected))
+    outcomes = run_units(executor, units, get_launcher(cfg, resolved), progress=not args.no_progress)
+    return _summarize_outcomes(cfg, outcomes)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg, executor = _load(args)
+    print(f"run dir: {cfg.run_dir}")
+    for stage in STAGES:
+        units = executor.planned.units(stage)
+        states = [executor.state(u) for u in units]
+        print(f"\n{stage}: {len(units)} units ({states.count('done')} done, {len(units) - states.count('done')} to run)")
+        for unit, state in zip(units, states):
+            fp = executor.planned.fingerprints[unit.key][:12]
+            print(f"  {unit.id:<44} {fp}  {state}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import print_status
+
+    run_dir = Path(args.run_dir)
+    resolved = run_dir / "config.yaml"
+    if not resolved.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml); give runs/NAME of a run started with collapse run/submit")
+    cfg = load_config(resolved)
+    print_status(cfg, _executor(cfg))
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.executor import Distributed
+
+    cfg, executor = _load(args)
+    key = f"{args.stage}/{args.unit}"
+    if key not in executor.planned.by_key:
+        known = ", ".join(u.id for u in executor.planned.units(args.stage)) or "(none)"
+        raise UserError(f"--unit {args.unit}: stage {args.stage} has no such unit; valid: {known}")
+    executor.force = frozenset([args.stage]) if args.force else frozenset()
+    dist = Distributed.from_env()
+    if dist.is_main:
+        _add_run_log(cfg.run_dir)
+    outcome = executor.execute(executor.planned.get(key), dist)
+    if dist.is_main:
+        log.info("%s: %s%s", key, outcome.status, f" in {outcome.seconds:.1f}s" if outcome.seconds else "")
+    return 0 if outcome.status in ("done", "ran") else 3 if outcome.status == "locked" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.launchers.slurm import submit
+
+    cfg, executor = _load(args)
+    selected = _stage_list(args.stages, "--stages") if args.stages else list(cfg.stages)
+    resolved = save_resolved_config(cfg)
+    return submit(cfg, executor, selected, resolved, dry_run=args.dry_run)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, "object"]:
+    path = Path(args.config) if args.config else default_config_path()
+    cfg = load_config(path, args.overrides)
+    return cfg, _executor(cfg)
+
+
+def _executor(cfg: Config):
+    from pipeline.executor import Executor
+    from pipeline.runner import default_stages, plan_run
+
+    stages = default_stages()
+    return Executor(cfg=cfg, stages=stages, planned=plan_run(cfg, stages))
+
+
+def _stage_list(text: str, flag: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise UserError(f"{flag} {text}: unknown stage {', '.join(unknown) or '(empty)'}; valid: {', '.join(STAGES)}")
+    return names
+
+
+def save_resolved_config(cfg: Config) -> Path:
+    """The validated config, as one file, in the run dir: what workers and `collapse status` read."""
+    from pipeline.runner import write_text_atomic
+
+    path = cfg.run_dir / "config.yaml"
+    text = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
+    write_text_atomic(path, "# resolved config of this run (base: chains and --set applied)\n" + text)
+    return path
+
+
+def _setup_console_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("collapse")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _add_run_log(run_dir: Path) -> None:
+    path = run_dir / "logs" / "collapse.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger("collapse").addHandler(handler)
+
+
+def _summarize_outcomes(cfg: Config, outcomes: list) -> int:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    log.info("units: %s", ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    report = cfg.run_dir / "report" / "report.md"
+    if report.is_file():
+        log.info("report: %s", report)
+    bad = [o for o in outcomes if o.status in ("failed", "skipped", "locked")]
+    for outcome in bad:
+        log.info("  %s %s%s", outcome.status, outcome.unit.key, f": {outcome.error}" if outcome.error else "")
+    if bad:
+        log.info("see `collapse status %s`; re-run the same command to retry what is left", cfg.run_dir)
+    return 1 if bad else 0

@@ -1,0 +1,242 @@
+"""Executing units: lock, run in a private work dir, write the manifest, rename into place.
+
+`Executor.execute` is the one code path for every launcher: the local loop calls it in-process, and
+`collapse stage` (what an `accelerate launch` worker or a Slurm array task runs) calls it too. Under
+accelerate every process enters it; the main process takes the lock and finalizes after a barrier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions, write_json_atomic
+
+log = logging.getLogger("collapse")
+
+@dataclass
+class UnitOutcome:
+    unit: Unit
+    status: str  # done | ran | locked | failed
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Executor:
+    """Runs units of one planned run in this process (the local launcher and `collapse stage`)."""
+
+    cfg: Config
+    stages: dict[str, ModuleType]
+    planned: Planned
+    force: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.cfg.run_dir)
+
+    def state(self, unit: Unit) -> str:
+        rd = self.run_dir
+        if rd.is_done(unit, self.planned.fingerprints[unit.key]):
+            return "done"
+        if rd.is_running(unit):
+            return "running"
+        failure = rd.failed(unit)
+        if failure and failure.get("fingerprint") == self.planned.fingerprints[unit.key]:
+            return "failed"
+        return "pending"
+
+    def check_inputs(self, unit: Unit) -> None:
+        for key in unit.inputs:
+            upstream = self.planned.get(key)
+            if not self.run_dir.is_done(upstream, self.planned.fingerprints[key]):
+                raise UserError(f"unit {unit.key} needs {key}, which is not done; run stage {upstream.stage} first")
+
+    def execute(self, unit: Unit, dist: "Distributed | None" = None) -> UnitOutcome:
+        """Run one unit unless done or locked. Under accelerate, every process calls this."""
+        dist = dist or Distributed.single()
+        rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
+        forced = unit.stage in self.force
+        with contextlib.ExitStack() as stack:
+            verdict = "go"
+            if dist.is_main:
+                if rd.is_done(unit, fp) and not forced:
+                    verdict = "done"
+                elif not stack.enter_context(unit_lock(rd.lock(unit))):
+                    verdict = "locked"
+                elif rd.is_done(unit, fp) and not forced:  # finished by someone while we waited
+                    verdict = "done"
+            verdict = dist.broadcast(verdict)
+            if verdict != "go":
+                return UnitOutcome(unit, verdict)
+            self.check_inputs(unit)
+            return self._run_locked(unit, fp, dist)
+        raise AssertionError("unreachable")
+
+    def _run_locked(self, unit: Unit, fp: str, dist: "Distributed") -> UnitOutcome:
+        rd, module = self.run_dir, self.stages[unit.stage]
+        work = rd.work(unit, fp)
+        if dist.is_main:
+            _prepare_work_dir(rd, unit, work)
+        dist.barrier()
+        unit_log, handler = _unit_logger(rd.log_file(unit), unit, dist.is_main)
+        ctx = UnitContext(unit=unit, cfg=self.cfg, out=work, run_dir=rd.root,
+                          inputs={k: rd.final(self.planned.get(k)) for k in unit.inputs},
+                          log=unit_log, is_main_process=dist.is_main)
+        started = time.time()
+        try:
+            metrics = module.run(ctx) or {}
+            dist.barrier()
+            if dist.is_main:
+                self._finalize(unit, fp, work, metrics, started)
+        except BaseException as exc:
+            if dist.is_main and not isinstance(exc, KeyboardInterrupt):
+                _record_failure(rd, unit, fp, exc)
+            raise
+        finally:
+            unit_log.removeHandler(handler)
+            handler.close()
+        return UnitOutcome(unit, "ran", time.time() - started)
+
+    def _finalize(self, unit: Unit, fp: str, work: Path, metrics: dict, started: float) -> None:
+        rd = self.run_dir
+        manifest = {
+            "stage": unit.stage, "unit": unit.id, "fingerprint": fp, "params": unit.params,
+            "inputs": {k: self.planned.fingerprints[k] for k in unit.inputs},
+            "metrics": metrics, "wall_time_s": round(time.time() - started, 3),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "host": socket.gethostname(), "versions": versions(),
+        }
+        write_json_atomic(work / "manifest.json", manifest)
+        _swap_into_place(rd, work, rd.final(unit))
+        with contextlib.suppress(FileNotFoundError):
+            rd.failure(unit).unlink()
+        summarize = getattr(self.stages[unit.stage], "summarize", None)
+        if summarize is not None:
+            with unit_lock(rd.state / "locks" / unit.stage / ".summary.lock") as _:
+                summarize(rd.root, self.cfg)
+
+
+def _prepare_work_dir(rd: RunDir, unit: Unit, work: Path) -> None:
+    """Fresh work dir, unless the unit resumes from checkpoints inside it. Old fingerprints' dirs go."""
+    for stale in work.parent.glob(f"{unit.id}.*"):
+        if stale != work and stale.name.rsplit(".", 1)[0] == unit.id:
+            shutil.rmtree(stale, ignore_errors=True)
+    if work.exists() and not unit.resumable:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
+    """Rename the finished work dir over the final dir; an old version goes to trash first."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if final.exists():
+        trash = rd.state / "trash" / f"{final.name}.{os.getpid()}.{time.time_ns()}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(final, trash)
+    os.rename(work, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _record_failure(rd: RunDir, unit: Unit, fp: str, exc: BaseException) -> None:
+    line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    write_json_atomic(rd.failure(unit), {
+        "fingerprint": fp, "error": line, "log": str(rd.log_file(unit)), "time": time.time(),
+        "traceback": traceback.format_exc(),
+    })
+
+
+def _unit_logger(path: Path, unit: Unit, is_main: bool) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(f"collapse.{unit.stage}.{unit.id}")
+    if is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path)
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+class Distributed:
+    """Rank and collectives when `collapse stage` runs under accelerate launch; trivial otherwise."""
+
+    def __init__(self, state: Any = None) -> None:
+        self._state = state
+
+    @classmethod
+    def single(cls) -> "Distributed":
+        return cls(None)
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls.single()
+        from accelerate import PartialState
+
+        return cls(PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")))
+
+    @property
+    def is_main(self) -> bool:
+        return self._state is None or self._state.is_main_process
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+    def broadcast(self, value: str) -> str:
+        if self._state is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+
+def run_units(executor: Executor, units: list[Unit], launcher: Any, progress: bool = True) -> list[UnitOutcome]:
+    """Run units in plan order through a launcher; skip done ones; keep going past a failed unit.
+
+    A unit whose input failed (or is held by another process) is skipped this time, not run on
+    stale data. A UserError (bad input found while running) stops everything: exit 2.
+    """
+    from tqdm.auto import tqdm
+
+    pending = [u for u in units if executor.state(u) != "done" or u.stage in executor.force]
+    outcomes = [UnitOutcome(u, "done") for u in units if u not in pending]
+    blocked: set[str] = set()
+    bar = tqdm(total=len(pending), desc="units", unit="unit", disable=not progress or not pending,
+               dynamic_ncols=True)
+    for unit in pending:
+        bar.set_postfix_str(unit.key)
+        if any(k in blocked for k in unit.inputs):
+            blocked.add(unit.key)
+            outcomes.append(UnitOutcome(unit, "skipped", error="an input did not finish"))
+            bar.update()
+            continue
+        try:
+            outcome = launcher.launch(executor, unit)
+        except UserError:
+            bar.close()
+            raise
+        except Exception as exc:  # recorded in .collapse/failed by execute(); the sweep goes on
+            outcome = UnitOutcome(unit, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            log.error("unit %s failed: %s (log: %s)", unit.key, outcome.error, executor.run_dir.log_file(unit))
+        if outcome.status in ("failed", "locked"):
+            blocked.add(unit.key)
+        outcomes.append(outcome)
+        bar.update()
+    bar.close()
+    return outcomes

@@ -1,0 +1,11 @@
+"""The local launcher: run the unit in this process."""
+
+from __future__ import annotations
+
+from pipeline.executor import Executor, UnitOutcome
+from pipeline.runner import Unit
+
+
+class LocalLauncher:
+    def launch(self, executor: Executor, unit: Unit) -> UnitOutcome:
+        return executor.execute(unit)

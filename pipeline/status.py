@@ -1,0 +1,71 @@
+"""`collapse status`: what is done, pending, running or failed, per stage, and the results table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.config import STAGES, Config
+from pipeline.executor import Executor
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def key_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
+    """A few scalar metrics, preferring the ones a researcher looks at first."""
+    preferred = ("loss", "ppl", "bpb", "best_val_loss", "tokens", "blocks", "parameters", "E_inf")
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    ordered = [k for k in preferred if k in scalars] + [k for k in scalars if k not in preferred]
+    return " ".join(f"{k}={_fmt(scalars[k])}" for k in ordered[:limit])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for unit in executor.planned.units(stage):
+        state = executor.state(unit)
+        detail = ""
+        if state == "done":
+            detail = key_metrics((executor.run_dir.manifest(unit) or {}).get("metrics", {}))
+        elif state == "failed":
+            failure = executor.run_dir.failed(unit) or {}
+            detail = f"{failure.get('error', '?')}  (log: {failure.get('log', '?')})"
+        slurm = slurm_states.get(unit.key, "")
+        rows.append([unit.id, state + (f" [{slurm}]" if slurm else ""), detail])
+    return rows
+
+
+def print_status(cfg: Config, executor: Executor) -> None:
+    slurm_states: dict[str, str] = {}
+    try:
+        from pipeline.launchers.slurm import unit_states
+
+        slurm_states = unit_states(cfg, executor)
+    except ImportError:
+        pass
+    print(f"run: {cfg.run_dir}")
+    for stage in STAGES:
+        rows = unit_rows(cfg, executor, stage, slurm_states)
+        if not rows:
+            continue
+        done = sum(r[1].startswith("done") for r in rows)
+        print(f"\n== {stage}: {done}/{len(rows)} done")
+        print(format_table(rows, ["unit", "state", "metrics / error"]))
+    results = cfg.run_dir / "evaluate" / "results.jsonl"
+    if results.is_file():
+        print("\n== results (evaluate/results.jsonl)")
+        print(results_table([json.loads(line) for line in results.read_text().splitlines() if line.strip()]))
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    columns = ["student", "parameters", "generation", "synthetic_fraction", "token_budget", "seed", "loss", "ppl", "bpb"]
+    body = [[_fmt(r.get(c, "")) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+            for r in sorted(rows, key=lambda r: (str(r.get("student")), r.get("synthetic_fraction", 0), r.get("token_budget", 0), r.get("seed", 0)))]
+    return format_table(body, columns)
