@@ -92,9 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.executor import run_units
     from pipeline.launchers import get_launcher
 
+    stages = _stage_list(args.stages, "--stages") if args.stages else None
+    force = frozenset(_stage_list(args.force, "--force")) if args.force else frozenset()
     cfg, executor = _load(args)
-    selected = _stage_list(args.stages, "--stages") if args.stages else list(cfg.stages)
-    executor.force = frozenset(_stage_list(args.force, "--force")) if args.force else frozenset()
+    selected = stages or list(cfg.stages)
+    executor.force = force
     units = [u for u in executor.planned if u.stage in selected]
     resolved = save_resolved_config(cfg)
     _add_run_log(cfg.run_dir)
@@ -149,8 +151,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipeline.launchers.slurm import submit
 
+    stages = _stage_list(args.stages, "--stages") if args.stages else None
     cfg, executor = _load(args)
-    selected = _stage_list(args.stages, "--stages") if args.stages else list(cfg.stages)
+    selected = stages or list(cfg.stages)
     resolved = save_resolved_config(cfg)
     return submit(cfg, executor, selected, resolved, dry_run=args.dry_run)
 
