@@ -1,0 +1,140 @@
+"""fit: scaling laws and the linear theory, fitted to the measured curves.
+
+One unit, `fit/fit`, at runs/NAME/fit/ with `fit.json`. Inputs: every evaluate unit (its manifest
+carries one results row) and every synthetic corpus (its diagnostics). Per student:
+  - L_p(n) = E_p + A n^-alpha per synthetic fraction p (shared A, alpha by default), bootstrap intervals;
+  - E_p - E_0 ~ p^2 c^2 (+ b p(1-p)): the effective synthetic quality c^2 of the linear theory;
+  - the papers' qualitative findings, each checked on this run's own numbers (the report says when
+    one does not hold).
+Across students: the plateau ordering by model size against the random-projection prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pipeline import fitting
+from pipeline.runner import Unit, write_json_atomic
+
+NAME = "fit"
+VERSION = 1
+
+
+def plan(cfg, planned) -> list[Unit]:
+    inputs = tuple(u.key for u in planned.units("evaluate"))
+    corpora = tuple(u.key for u in planned.units("generate") if "-s" not in u.id)
+    params = {"fit": cfg.fit.model_dump(mode="json"), "tail_rank": cfg.generate.tail_rank}
+    return [Unit(NAME, NAME, params, inputs + corpora)]
+
+
+def result_rows(ctx) -> list[dict[str, Any]]:
+    """One row per evaluate unit, from its manifest (the same rows as evaluate/results.jsonl)."""
+    rows = []
+    for key in ctx.unit.inputs:
+        if key.startswith("evaluate/"):
+            row = dict(ctx.manifest(key)["metrics"])
+            row.setdefault("unit", key.split("/", 1)[1])
+            rows.append(row)
+    return rows
+
+
+def run(ctx) -> dict[str, Any]:
+    params = ctx.params["fit"]
+    rows = result_rows(ctx)
+    by_student: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_student[row["student"]].append(row)
+    students = {}
+    for student, student_rows in sorted(by_student.items()):
+        students[student] = fit_student(student_rows, params)
+        ctx.log.info("fit %s: %s", student, _one_line(students[student]))
+    result = {
+        "students": students,
+        "model_sizes": _compare_sizes(students),
+        "tails": _fit_tails(ctx),
+        "n_rows": len(rows),
+    }
+    write_json_atomic(Path(ctx.out) / "fit.json", result)
+    first = next(iter(students.values()), {})
+    return {
+        "alpha": first.get("curves", {}).get("alpha"),
+        "c2": first.get("quality", {}).get("c2"),
+        "findings_hold": all(all(f["holds"] for f in s["findings"].values()) for s in students.values()),
+    }
+
+
+def fit_student(rows: list[dict], params: dict) -> dict[str, Any]:
+    """Curves, plateaus, c^2 and the qualitative findings for one student's rows."""
+    curves = fitting.fit_scaling_curves(rows, shared=params["shared_exponent"], bootstrap=params["bootstrap"])
+    plateaus = {float(p): v["E"] for p, v in curves["per_fraction"].items()}
+    quality = fitting.fit_synthetic_quality(plateaus) if 0.0 in plateaus and len(plateaus) >= 2 else {}
+    return {"curves": curves, "quality": quality, "findings": findings(rows, curves),
+            "parameters": rows[0].get("parameters"), "family": rows[0].get("family")}
+
+
+def _mean_loss(rows: list[dict]) -> dict[tuple[float, int], float]:
+    """Mean test loss over seeds at each (fraction, budget)."""
+    groups: dict[tuple[float, int], list[float]] = defaultdict(list)
+    for row in rows:
+        groups[(float(row["synthetic_fraction"]), int(row["token_budget"]))].append(float(row["loss"]))
+    return {key: sum(v) / len(v) for key, v in groups.items()}
+
+
+def findings(rows: list[dict], curves: dict) -> dict[str, dict[str, Any]]:
+    """The papers' three qualitative claims, checked on this run's numbers (never assumed)."""
+    loss = _mean_loss(rows)
+    fractions = sorted({p for p, _ in loss})
+    budgets = sorted({n for _, n in loss})
+    clean = [loss[(0.0, n)] for n in budgets if (0.0, n) in loss]
+    largest = budgets[-1]
+    at_largest = [loss[(p, largest)] for p in fractions if (p, largest) in loss]
+    plateau = [curves["per_fraction"][_key(p)]["E"] for p in fractions if _key(p) in curves["per_fraction"]]
+    return {
+        "clean_loss_falls_with_budget": {
+            "holds": len(clean) >= 2 and all(b < a for a, b in zip(clean, clean[1:])),
+            "values": clean, "what": "p = 0: test loss at each budget, smallest budget first"},
+        "loss_rises_with_fraction_at_largest_budget": {
+            "holds": len(at_largest) >= 2 and all(b > a for a, b in zip(at_largest, at_largest[1:])),
+            "values": at_largest, "what": f"n = {largest}: test loss at each fraction {fractions}"},
+        "plateau_grows_with_fraction": {
+            "holds": len(plateau) >= 2 and all(b > a for a, b in zip(plateau, plateau[1:])),
+            "values": plateau, "what": f"fitted E_p at each fraction {fractions}"},
+    }
+
+
+def _key(p: float) -> str:
+    return str(float(p))
+
+
+def _compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
+    sized = {name: s for name, s in students.items() if s.get("parameters")}
+    if len(sized) < 2:
+        return {"compared": False, "why": "needs at least two student sizes"}
+    plateaus = {name: {float(p): v["E"] for p, v in s["curves"]["per_fraction"].items()} for name, s in sized.items()}
+    params = {name: s["parameters"] for name, s in sized.items()}
+    return fitting.compare_model_sizes(plateaus, params)
+
+
+def _fit_tails(ctx) -> dict[str, Any]:
+    """Zipf exponents of human vs synthetic word unigrams, from the generate diagnostics."""
+    tails = {}
+    for key in ctx.unit.inputs:
+        if not key.startswith("generate/"):
+            continue
+        diag_path = ctx.inputs[key] / "diagnostics.json"
+        if diag_path.is_file():
+            diag = json.loads(diag_path.read_text())
+            tails[key.split("/", 1)[1]] = {
+                side: fitting.fit_tail_model(diag[side]["word_rank_frequency"])
+                for side in ("human", "synthetic") if side in diag and "word_rank_frequency" in diag[side]
+            }
+    return tails
+
+
+def _one_line(student: dict) -> str:
+    curves = student["curves"]
+    plateaus = ", ".join(f"E({p})={v['E']:.3f}" for p, v in curves["per_fraction"].items())
+    return f"alpha={curves['alpha']:.3f} {plateaus} c2={student['quality'].get('c2', float('nan')):.3f}"
