@@ -1,0 +1,83 @@
+"""mix: human and synthetic blocks at exact, nested ratios (see pipeline/data/mixing.py).
+
+One unit per generation x synthetic fraction x budget, id `g{g}-p{p}-n{n}`, at runs/NAME/mix/ID/:
+  blocks/   dataset with `input_ids`, `source` (0 human, 1 synthetic), `block` (row in its source)
+Inputs: `prepare/prepare` (human train blocks) and, unless p = 0, the generation's corpus unit
+`generate/g{g}`, whose `blocks/` holds synthetic text packed with the same tokenizer and block size.
+
+Budgets: mode replace uses `mix.token_budgets` (total tokens); mode add uses `mix.human_budget`
+(human tokens, synthetic added on top so that its share is p), so the grid has one budget there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.mixing import write_mixture
+from pipeline.data.packing import load_blocks
+from pipeline.errors import UserError
+from pipeline.runner import Unit
+
+NAME = "mix"
+VERSION = 1
+PREPARE_KEY = "prepare/prepare"
+
+
+def generation_key(generation: int) -> str:
+    return f"generate/g{generation}"
+
+
+def unit_id(generation: int, fraction: float, budget: int) -> str:
+    return f"g{generation}-p{fraction:g}-n{budget}"
+
+
+def budget_key(mode: str) -> str:
+    """The config key a user changes when a budget does not fit (named in the error)."""
+    return "mix.token_budgets" if mode == "replace" else "mix.human_budget"
+
+
+def plan(cfg, planned) -> list[Unit]:
+    mix = cfg.mix
+    budgets = list(mix.token_budgets) if mix.mode == "replace" else [mix.human_budget]
+    units = []
+    for generation in mix.generations:
+        for fraction in mix.synthetic_fractions:
+            for budget in budgets:
+                params = {"generation": generation, "fraction": fraction, "budget": budget, "mode": mix.mode,
+                          "seed": mix.seed, "block_size": cfg.packing.block_size}
+                # A p = 0 mixture reads no synthetic text: without the input, regenerating leaves it done.
+                inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, generation_key(generation))
+                units.append(Unit(NAME, unit_id(generation, fraction, budget), params, inputs))
+    return units
+
+
+def run(ctx) -> dict[str, Any]:
+    params = ctx.params
+    human = load_blocks(Path(ctx.inputs[PREPARE_KEY]) / "train", torch_format=False)
+    synthetic = None
+    if params["fraction"] > 0:
+        synthetic_dir = Path(ctx.inputs[generation_key(params["generation"])]) / "blocks"
+        synthetic = load_blocks(synthetic_dir, torch_format=False)
+        _check_same_vocabulary(ctx, synthetic, synthetic_dir)
+    stats = write_mixture(human, synthetic, params["fraction"], params["budget"], params["block_size"],
+                          params["mode"], params["seed"], Path(ctx.out) / "blocks",
+                          budget_key=budget_key(params["mode"]))
+    ctx.log.info("mix %s: %d human + %d synthetic blocks (share %.4f)", ctx.unit.id, stats["human_blocks"],
+                 stats["synthetic_blocks"], stats["realised_fraction"])
+    return stats
+
+
+def _check_same_vocabulary(ctx, synthetic, synthetic_dir: Path) -> None:
+    """Synthetic ids must come from the run's tokenizer; an id past its vocabulary means they do not."""
+    import pyarrow.compute as pc
+
+    from pipeline.data.tokenizer import load_tokenizer
+
+    if len(synthetic) == 0:
+        return
+    vocab = len(load_tokenizer(Path(ctx.inputs[PREPARE_KEY]) / "tokenizer"))
+    largest = pc.max(pc.list_flatten(synthetic.data.column("input_ids"))).as_py()
+    if largest is not None and largest >= vocab:
+        raise UserError(f"mix: {synthetic_dir} holds token id {largest}, outside the run's tokenizer "
+                        f"({vocab} tokens); regenerate it with the prepare stage's tokenizer")
