@@ -96,7 +96,7 @@ def test_jsonl_and_parquet_files(tmp_path):
 
 
 def test_files_bad_inputs_have_one_line_messages(tmp_path):
-    (tmp_path / "bad.txt").write_bytes("ok text ".encode() + b"\xff\xfe more")
+    (tmp_path / "bad.txt").write_bytes(b"ok text " + b"\xff\xfe more")
     with pytest.raises(UserError) as info:
         load_documents(f"files:{tmp_path}/bad.txt")
     assert str(info.value) == (f"corpus.source: {tmp_path}/bad.txt is not UTF-8 text (invalid byte 0xff at byte offset 8); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
@@ -141,10 +142,10 @@ def test_counts_are_monotone_so_mixtures_nest():
     budgets = range(100, 20_000, 37)
     for p in fractions:
         counts = [block_counts(p, n, block, "replace") for n in budgets]
-        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(counts, counts[1:])), p
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(counts)), p
     for n in budgets:
         counts = [block_counts(p, n, block, "replace") for p in fractions]
-        assert all(a[0] >= b[0] and a[1] <= b[1] for a, b in zip(counts, counts[1:])), n
+        assert all(a[0] >= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(counts)), n
 
 
 def test_mixture_indices_nest_across_budgets_and_fractions():

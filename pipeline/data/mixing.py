@@ -61,7 +61,7 @@ class MixturePlan:
 def _round_half_up(x: float) -> int:
     # Explicit half-up (Python's round() is half-to-even, which is monotone too but less obvious to read).
     # The small epsilon absorbs float error in products like 0.3 * n so that exact halves round up.
-    return int(math.floor(x + 0.5 + 1e-9))
+    return math.floor(x + 0.5 + 1e-9)
 
 
 def block_counts(fraction: float, budget: int, block_size: int, mode: Mode) -> tuple[int, int]:

@@ -109,7 +109,7 @@ def pack_documents(texts: list[str], tokenizer, block_size: int, out_dir: str | 
     blocks = blocks_dataset(ids, block_size, keep_remainder)
     save_dataset(blocks, Path(out_dir))
     kept = kept_tokens(len(ids), block_size, keep_remainder)
-    return {"documents": len(texts), "tokens": int(len(ids)), "bytes": int(np.sum(tokenized["n_bytes"])),
+    return {"documents": len(texts), "tokens": len(ids), "bytes": int(np.sum(tokenized["n_bytes"])),
             "blocks": len(blocks), "block_size": block_size, "dropped_tokens": int(len(ids) - kept)}
 
 

@@ -16,7 +16,8 @@ held-out set under the true distribution (`entropy_bits_per_byte`) is the floor 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class ReferenceLanguage:
         self.q_sentences = 1.0 / float(mean_document_sentences)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "ReferenceLanguage":
+    def from_params(cls, params: Mapping[str, Any]) -> ReferenceLanguage:
         """From the `corpus.reference` section (extra keys such as `documents` are ignored)."""
         try:
             return cls(beta=params["beta"], lexicon_size=int(params["lexicon_size"]),

@@ -19,8 +19,9 @@ import glob
 import itertools
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pipeline.errors import UserError
 
