@@ -76,6 +76,15 @@ def drop_null_directions(eigenvalues: np.ndarray, *per_direction: np.ndarray) ->
     return (eigenvalues[keep],) + tuple(a[keep] for a in per_direction)
 
 
+def make_generator(seed: int, stream: int) -> np.random.Generator:
+    """A numpy Generator for `seed` on a stream distinct from `default_rng(seed)`.
+
+    Why: a caller who draws w* with default_rng(0) and then asks for seed=0 would otherwise get projections or
+    designs built from the very same normal numbers (e.g. the first row of S equal to w*·√d, so A₁ = 0).
+    """
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(stream),)))
+
+
 # ----------------------------------------------------------------------------------------------- validation
 
 

@@ -31,6 +31,7 @@ from pipeline.theory._spectral import (
     check_vector,
     degrees_of_freedom,
     drop_null_directions,
+    make_generator,
     solve_kappa,
 )
 
@@ -229,7 +230,7 @@ def random_projection_risk(eigenvalues, w_star, delta, n, m, synthetic_fraction,
     m = check_count(m, "m")
     draws = check_count(draws, "draws")
     d = eigenvalues.size
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=1)
     parts = np.zeros(3)
     with single_blas_thread():  # small eigh/matmul per draw: threads only add contention (see _blas)
         for _ in range(draws):

@@ -24,6 +24,7 @@ from pipeline.theory._spectral import (
     check_real,
     check_spectrum,
     check_vector,
+    make_generator,
 )
 from pipeline.theory.tails import training_distribution, zipf_probabilities
 
@@ -105,7 +106,7 @@ def simulate_mixture_ridge(eigenvalues, w_star, delta, n, synthetic_fraction, ri
         synthetic_noise_var, "synthetic_noise_var", 0.0)
     trials, sources = check_count(trials, "trials"), check_count(sources, "sources")
     n_synthetic = int(round(p2 * n))
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=2)
     scale = np.sqrt(eigenvalues)
     per_trial = np.empty(trials)
     for t in range(trials):
@@ -141,7 +142,7 @@ def simulate_weighted_mixture(d, n, synthetic_fraction, weight, c2, noise_var=1.
     p2 = n_synthetic / n
     sample_weight = np.r_[np.full(n - n_synthetic, (1 - a) / (1 - p2)), np.full(n_synthetic, a / p2)]
     root_weight = np.sqrt(sample_weight)[:, None]
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=2)
     w_star = np.zeros(d)  # the error is invariant to w*: ŵ − w* does not depend on it
     delta_sqrt = np.full(d, np.sqrt(c2 / d))
     per_trial = np.empty(trials)
@@ -172,7 +173,7 @@ def simulate_memorization(T, beta, cutoff=None, clean_fraction=0.0, support=10**
     p = zipf_probabilities(beta, support)
     q = training_distribution(beta, cutoff, clean_fraction, support, temperature)
     order = np.argsort(flat_T)
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=2)
     per_trial = np.empty((trials, flat_T.size))
     for t in range(trials):
         counts = np.zeros(support, dtype=np.int64)
@@ -204,7 +205,7 @@ def simulate_iterated_ridge(eigenvalues, w0, generations, T0, T, noise0_var, noi
     if T0 <= d:
         raise ValueError(f"T0 must exceed d={d} (generations are OLS fits), got {T0}")
     scale = np.sqrt(eigenvalues)
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=2)
     per_trial = np.empty((trials, generations + 1))
     for t in range(trials):
         w_gen = w0.copy()
@@ -229,7 +230,7 @@ def simulate_overparameterized_noiseless(w0, T0, generations, trials=50, seed=0)
     d = w0.size
     T0 = check_count(T0, "T0")
     generations = check_count(generations, "generations", 0)
-    rng = np.random.default_rng(seed)
+    rng = make_generator(seed, stream=2)
     per_trial = np.empty((trials, generations + 1))
     for t in range(trials):
         w_gen = w0.copy()
