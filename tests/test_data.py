@@ -73,6 +73,19 @@ def test_hf_source_names_the_missing_column(tmp_path):
     assert str(info.value) == f"corpus.text_field: 'text' is not a column of hf:{tmp_path / 'saved'}; columns: content, id"
 
 
+def test_hf_source_unavailable_offline_says_what_would_work(hf_cache):
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        pytest.skip("HF_HUB_OFFLINE was not set before huggingface_hub was imported; this test must not go online")
+    with pytest.raises(UserError) as info:
+        load_documents("hf:nobody/no-such-dataset:some-config")
+    message = str(info.value)
+    assert message.startswith("corpus.source: hf:nobody/no-such-dataset:some-config could not be loaded (")
+    assert message.endswith("); give a local dataset folder or a hub dataset available offline in the HF cache")
+    assert "\n" not in message
+
+
 # ---------------------------------------------------------------- files:
 
 

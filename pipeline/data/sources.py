@@ -81,7 +81,7 @@ def _load_hf(spec: str, text_field: str, split: str, max_documents: int | None, 
     if Path(name, "state.json").is_file() or Path(name, "dataset_dict.json").is_file():
         dataset = _load_saved(name, split)
     else:
-        dataset = _load_builder(name, config, split, streaming)
+        dataset = _load_builder(spec, name, config, split, streaming)
     columns = dataset.column_names
     if columns is not None and text_field not in columns:
         raise UserError(f"corpus.text_field: {text_field!r} is not a column of hf:{spec}; columns: {', '.join(columns)}")
@@ -110,7 +110,7 @@ def _load_saved(path: str, split: str):
     return loaded
 
 
-def _load_builder(name: str, config: str | None, split: str, streaming: bool):
+def _load_builder(spec: str, name: str, config: str | None, split: str, streaming: bool):
     import datasets
 
     try:
@@ -118,10 +118,10 @@ def _load_builder(name: str, config: str | None, split: str, streaming: bool):
     except ValueError as exc:
         # datasets reports an unknown split as ValueError('Unknown split "x". Should be one of [...]').
         if "split" in str(exc).lower():
-            raise UserError(f"corpus.split: {split!r} for hf:{name}: {_one_line(exc)}") from None
-        raise UserError(f"corpus.source: hf:{name}{':' + config if config else ''}: {_one_line(exc)}") from None
+            raise UserError(f"corpus.split: {split!r} for hf:{spec}: {_one_line(exc)}") from None
+        raise UserError(f"corpus.source: hf:{spec}: {_one_line(exc)}") from None
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ConnectionError) as exc:
-        raise UserError(f"corpus.source: hf:{name} could not be loaded ({_one_line(exc)}); "
+        raise UserError(f"corpus.source: hf:{spec} could not be loaded ({_one_line(exc)}); "
                         "give a local dataset folder or a hub dataset available offline in the HF cache") from None
 
 
