@@ -129,6 +129,8 @@ def _field(row: dict, text_field: str, where: str) -> str:
     if text_field not in row:
         raise UserError(f"corpus.text_field: {text_field!r} is not a field of {where}; fields: {', '.join(row)}")
     value = row[text_field]
+    if value is None:  # a null cell is an empty document, dropped like one
+        return ""
     if not isinstance(value, str):
         raise UserError(f"corpus.text_field: {text_field!r} of {where} holds {type(value).__name__}, not text")
     return value
