@@ -122,6 +122,8 @@ def full_block_count(dataset, block_size: int, name: str) -> int:
 
     if len(dataset) == 0:
         return 0
+    if dataset._indices is not None:  # a select()/shuffle() view: its rows are not the table's rows
+        dataset = dataset.flatten_indices()
     lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy(zero_copy_only=False)
     full = int((lengths == block_size).sum())
     if full < len(lengths) - 1 or (full == len(lengths) - 1 and lengths[-1] > block_size):
