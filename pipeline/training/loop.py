@@ -1,0 +1,331 @@
+"""The one training loop (students and the scratch teacher), on Accelerate.
+
+Runs unchanged in one process, under `accelerate launch` with DDP (CPU gloo or GPU NCCL) and with FSDP
+(configs/accelerate/*.yaml). The global batch is `training.batch_size` blocks per optimizer step
+whatever the number of processes: each process takes B / processes rows of the step's batch and
+accumulates micro-batches of `micro_batch_size` rows (gradients synchronised on the last one only).
+See pipeline/training/data.py (position), checkpoint.py (kill-safety), signals.py (exit 75).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UserError
+from pipeline.evaluation import Windows, stream_windows, summed_nll, token_stream
+from pipeline.models import count_parameters, flops_per_token, merge_lora
+from pipeline.training.checkpoint import Checkpoints, load_snapshot, replace_dir
+from pipeline.training.data import BlockBatches, blocks_tensor, micro_batches, total_steps
+from pipeline.training.logs import TrainLog
+from pipeline.training.loss import causal_lm_loss
+from pipeline.training.mfu import mfu, peak_flops
+from pipeline.training.optim import compute_dtype, make_optimizer, make_scheduler, resolve_precision
+from pipeline.training.signals import Preempted, StopFlag
+
+
+def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed: int,
+                log: logging.Logger | None = None, *, desc: str = "train") -> dict[str, Any]:
+    """Train `model` on fixed-length `input_ids` blocks; save the final model to out_dir/"model".
+
+    Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
+    `val_dataset` token stream (every token, see pipeline/evaluation.py), keeps the best model by
+    validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
+    when SIGTERM/SIGUSR1 arrives. Returns JSON-able metrics (losses and counts agree across processes;
+    timings are each process's own).
+    """
+    # Handlers first: a SIGTERM/SIGUSR1 during setup is honoured at the first step boundary.
+    with StopFlag() as stop:
+        return _train(model, train_dataset, val_dataset, training, Path(out_dir), seed,
+                      log or logging.getLogger("collapse"), desc, stop)
+
+
+def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int, log: logging.Logger,
+           desc: str, stop: StopFlag) -> dict[str, Any]:
+    started = time.time()
+    accelerator, mixed = _accelerator(training.precision)
+    _tune_cpu_allocator(accelerator.device)
+    from accelerate.utils import set_seed
+
+    set_seed(seed, device_specific=True)  # dropout differs per process, reproducibly
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    batches = BlockBatches(blocks_tensor(train_dataset, log), training.batch_size, seed, rank, world, device)
+    block_size = batches.block_size
+    steps = total_steps(training, batches.steps_per_epoch, block_size)
+    micro = min(training.micro_batch_size or batches.local_batch, batches.local_batch)
+    val_windows = _validation_windows(val_dataset, model, block_size, rank, world)
+    config = accelerator.unwrap_model(model).config
+    per_token = flops_per_token(config, block_size)
+    peak = peak_flops(device, compute_dtype(mixed))
+    params = count_parameters(model)
+
+    optimizer = make_optimizer(model, training, device.type, sharded=_is_fsdp(accelerator))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = make_scheduler(optimizer.optimizer, training, steps)
+    checkpoints = Checkpoints(out_dir / "checkpoints", training.keep_checkpoints)
+    if accelerator.is_main_process:
+        checkpoints.remove_partial()
+    accelerator.wait_for_everyone()
+
+    run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
+           "total_steps": steps, "seed": seed}
+    state = _fresh_state(run, world)
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = _resume(accelerator, latest, run, world, log)
+        scheduler.load_state_dict(state["scheduler"])
+    resumed_from = state["step"]
+    if accelerator.is_main_process:
+        log.info("%s: %d steps x %d blocks x %d tokens (%d blocks/epoch, %d processes, micro-batch %d, %s)%s",
+                 desc, steps, training.batch_size, block_size, batches.n_blocks, world, micro, mixed,
+                 f", resuming at step {resumed_from}" if resumed_from else "")
+
+    ctx = _Loop(accelerator, model, optimizer, scheduler, batches, training, state, val_windows, checkpoints,
+                TrainLog(out_dir, resumed_from, steps, accelerator.is_main_process, desc),
+                micro, per_token, peak, out_dir)
+    try:
+        ctx.run(steps, stop)
+    finally:
+        ctx.train_log.close()
+
+    if training.keep_best and state["best_step"] is not None and state["best_step"] != state["step"]:
+        load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))  # the best validation's weights
+    save_final_model(accelerator, model, out_dir / "model")
+    if accelerator.is_main_process:
+        checkpoints.delete_all()
+    accelerator.wait_for_everyone()
+    tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else None
+    return {
+        "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
+        "trainable_parameters": params["trainable"], "steps": state["step"], "planned_steps": steps,
+        "tokens": state["tokens"], "epochs": state["step"] / batches.steps_per_epoch,
+        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
+        "final_val_loss": state["last_val_loss"], "stopped_early": state["step"] < steps,
+        "wall_time_s": time.time() - started, "train_seconds": state["train_seconds"],
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(tokens_per_s, per_token, peak, world) if tokens_per_s else None,
+        "flops_per_token": per_token, "peak_flops_per_process": peak, "processes": world,
+        "precision": mixed, "resumed_from_step": resumed_from, "batches_fetched": batches.fetched,
+    }
+
+
+class _Loop:
+    """The step loop and its bookkeeping (one object so the phases share state without globals)."""
+
+    def __init__(self, accelerator, model, optimizer, scheduler, batches: BlockBatches, training, state,
+                 val_windows: Windows | None, checkpoints: Checkpoints, train_log: TrainLog, micro: int,
+                 per_token: float, peak: float, out_dir: Path) -> None:
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.batches, self.training, self.state, self.val_windows = batches, training, state, val_windows
+        self.checkpoints, self.train_log, self.micro = checkpoints, train_log, micro
+        self.per_token, self.peak, self.out_dir = per_token, peak, out_dir
+        self.tokens_per_step = training.batch_size * batches.block_size
+
+    def run(self, steps: int, stop: StopFlag) -> None:
+        training, state, accelerator = self.training, self.state, self.accelerator
+        self.model.train()
+        running = torch.zeros((), device=accelerator.device)
+        window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+        for step in range(state["step"], steps):
+            loss_sum = self._train_step(step)
+            running += loss_sum
+            done = step + 1
+            state["step"], state["tokens"] = done, state["tokens"] + self.tokens_per_step
+            window_steps += 1
+            self.train_log.step()
+            if done % training.log_every == 0 or done == steps:
+                elapsed = time.perf_counter() - window_start - paused
+                self._log_train(done, running, window_steps, elapsed)
+                state["train_seconds"] += elapsed
+                running.zero_()
+                window_start, window_steps, paused = time.perf_counter(), 0, 0.0
+            pause_start = time.perf_counter()
+            stop_early = self._maybe_validate(done, steps)
+            if training.checkpoint_every and done % training.checkpoint_every == 0 and done < steps:
+                self._checkpoint(done, window_start, window_steps)
+            if done < steps and self._stop_requested(stop):
+                self._checkpoint(done, window_start, window_steps)
+                raise Preempted(done, stop.signum or 15)
+            paused += time.perf_counter() - pause_start
+            if stop_early:
+                break
+        if window_steps:  # steps after the last log row (an early stop between log points)
+            state["train_seconds"] += time.perf_counter() - window_start - paused
+
+    def _train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step over this process's share of the global batch; returns its mean loss."""
+        accelerator, model = self.accelerator, self.model
+        parts = micro_batches(self.batches.fetch(step), self.micro)
+        total = None
+        for i, (input_ids, weight) in enumerate(parts):
+            sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
+            with sync:
+                loss = causal_lm_loss(model, input_ids)
+                accelerator.backward(loss * weight)
+            total = loss.detach() * weight if total is None else total + loss.detach() * weight
+        if self.training.grad_clip > 0:
+            self.last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.training.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _log_train(self, done: int, running: torch.Tensor, window_steps: int, elapsed: float) -> None:
+        mean_loss = self.accelerator.reduce(running / window_steps, reduction="mean")
+        tokens_per_s = window_steps * self.tokens_per_step / max(elapsed, 1e-9)
+        row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state["tokens"],
+               "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+               "mfu": mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes)}
+        norm = getattr(self, "last_grad_norm", None)
+        if norm is not None:
+            row["grad_norm"] = float(norm)
+        self.train_log.record(row)
+
+    def _maybe_validate(self, done: int, steps: int) -> bool:
+        """Validate when due; returns True when early stopping says stop."""
+        training, state = self.training, self.state
+        every = training.eval_every
+        due = done == steps or (done % every == 0 if every else done % self.batches.steps_per_epoch == 0)
+        if self.val_windows is None or not due:
+            return False
+        loss = self.validate()
+        state["last_val_loss"] = loss
+        improved = state["best_val_loss"] is None or loss < state["best_val_loss"]
+        if improved:
+            state["best_val_loss"], state["best_step"], state["evals_since_best"] = loss, done, 0
+            if training.keep_best and done < steps:  # at the last step the live weights are the best
+                self.checkpoints.save(self.accelerator, done, self._state_for_disk(), kind="best")
+        else:
+            state["evals_since_best"] += 1
+        self.train_log.record({"step": done, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+                               "best_val_loss": state["best_val_loss"]})
+        patience = training.early_stopping_patience
+        return bool(patience) and state["evals_since_best"] >= patience
+
+    def validate(self) -> float:
+        """Mean NLL per token over every validation token (summed over processes, then divided)."""
+        nll, count = summed_nll(self.model, self.val_windows, max(self.micro, 1) * 2, self.accelerator.device,
+                                _eval_precision(self.accelerator.mixed_precision))
+        totals = torch.tensor([nll, float(count)], dtype=torch.float64, device=self.accelerator.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        return float(totals[0] / totals[1])
+
+    def _stop_requested(self, stop: StopFlag) -> bool:
+        """A signal reached any process: every process must agree to checkpoint this step."""
+        flag = stop.raised
+        if self.accelerator.num_processes > 1:
+            tensor = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(tensor, reduction="sum").item() > 0)
+        return flag
+
+    def _checkpoint(self, done: int, window_start: float, window_steps: int) -> None:
+        if self.checkpoints.latest() == self.checkpoints.path(done):
+            return
+        state = self._state_for_disk()
+        # Training time of the steps since the last log row belongs to the checkpointed run.
+        state["train_seconds"] += time.perf_counter() - window_start if window_steps else 0.0
+        self.checkpoints.save(self.accelerator, done, state)
+
+    def _state_for_disk(self) -> dict[str, Any]:
+        state = dict(self.state)
+        epoch, batch = self.batches.position(state["step"])
+        state.update(epoch=epoch, batches_consumed=batch, scheduler=self.scheduler.state_dict())
+        return state
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def _accelerator(precision: str):
+    """An Accelerator for this run (a previous run's precision in this process is reset, not reused)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mixed = resolve_precision(precision, device_type)
+    AcceleratorState._reset_state()  # keeps the process group (PartialState)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed, step_scheduler_with_optimizer=False)
+    return accelerator, mixed
+
+
+def _is_fsdp(accelerator) -> bool:
+    return str(accelerator.distributed_type).endswith("FSDP")
+
+
+def _eval_precision(mixed: str) -> str:
+    return {"no": "fp32"}.get(str(mixed), str(mixed))
+
+
+def _tune_cpu_allocator(device: torch.device) -> None:
+    """Keep freed memory in the process on CPU (glibc): no mmap/munmap + page faults per step.
+
+    A CPU training step allocates and frees the same (tokens x vocab) buffers every step; glibc serves
+    them with fresh mmaps whose pages are faulted in and zeroed each time, which costs about as much
+    as the log-softmax itself. Raising the mmap and trim thresholds reuses the heap instead (the
+    process keeps its peak footprint, which a training step reaches anyway).
+    """
+    if device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+def _validation_windows(val_dataset, model, block_size: int, rank: int, world: int) -> Windows | None:
+    if val_dataset is None or len(val_dataset) == 0:
+        return None
+    eos = model.config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    if eos is None:
+        raise UserError("model: config has no eos_token_id; validation windows start with EOS "
+                        "(build the model with the tokenizer's eos id)")
+    return stream_windows(token_stream(val_dataset), block_size, int(eos)).shard(rank, world)
+
+
+def _fresh_state(run: dict[str, Any], world: int) -> dict[str, Any]:
+    return {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_val_loss": None, "best_step": None,
+            "evals_since_best": 0, "last_val_loss": None, "processes": world, "run": run}
+
+
+def _resume(accelerator, path: Path, run: dict[str, Any], world: int, log) -> dict[str, Any]:
+    state = load_snapshot(accelerator, path)
+    if state["run"] != run:
+        raise UserError(f"train: checkpoint {path} belongs to another run ({state['run']} != {run}); "
+                        f"delete {path.parent} to start over")
+    if state["processes"] != world:
+        log.warning("checkpoint %s was written by %d processes, resuming with %d: the data order is the same, "
+                    "per-process random states (dropout) are not restored", path, state["processes"], world)
+    state["processes"] = world
+    return state
+
+
+def save_final_model(accelerator, model, path: Path) -> None:
+    """save_pretrained (safetensors) of the plain model, LoRA merged; temp dir renamed into place."""
+    from peft import PeftModel
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, PeftModel):
+        plain, state_dict = merge_lora(unwrapped), None
+    else:
+        plain, state_dict = unwrapped, accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        tmp = path.with_name(f".tmp-{path.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(str(tmp), state_dict=state_dict)
+        replace_dir(tmp, path)
+    accelerator.wait_for_everyone()
