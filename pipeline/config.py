@@ -56,7 +56,8 @@ class CorpusConfig(Section):
     split: str = Field("train", description="Split to read from an hf dataset.")
     max_documents: int | None = Field(None, gt=0, description="Read at most this many documents.")
     streaming: bool = Field(False, description="Stream an hf dataset instead of downloading it whole.")
-    min_chars: int = Field(600, ge=0, description="Join paragraphs into documents of at least this many characters.")
+    min_chars: int = Field(600, ge=0, description="builtin:wikipedia only: join paragraphs into documents of at least this many characters.")
+    txt_mode: Literal["blocks", "file"] = Field("blocks", description="files: .txt: one document per blank-line block, or per file.")
     validation_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out for validation.")
     test_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share held out for test (never trained on).")
     seed: int = Field(0, description="Seed of the document split.")
@@ -210,8 +211,8 @@ class MixConfig(Section):
 
     synthetic_fractions: list[float] = Field([0.0, 0.5, 1.0], min_length=1, description="Synthetic share p of each mixture, each in [0, 1].")
     token_budgets: list[int] = Field([50_000, 200_000], min_length=1, description="Training tokens n of each mixture (> 0).")
-    mode: Literal["replace", "add"] = Field("replace", description="replace: n tokens, p of them synthetic; add: human_budget human tokens plus synthetic.")
-    human_budget: int | None = Field(None, gt=0, description="Human tokens in add mode.")
+    mode: Literal["replace", "add"] = Field("replace", description="replace: each budget n is split p synthetic / 1-p human; add: human_budget human tokens plus p/(1-p) times as many synthetic (token_budgets unused).")
+    human_budget: int | None = Field(None, gt=0, description="Human tokens of every mixture in add mode.")
     generations: list[int] = Field([0], min_length=1, description="Which synthetic generations to mix (0-based).")
     seed: int = Field(0, description="Seed of the fixed block orders (mixtures are nested).")
 

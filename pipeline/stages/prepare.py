@@ -50,6 +50,8 @@ def prepare_params(cfg) -> dict[str, Any]:
         source["text_field"] = corpus.text_field
     if corpus.source.startswith("hf:"):
         source["split"] = corpus.split
+    if corpus.source.startswith("files:"):
+        source["txt_mode"] = corpus.txt_mode
     if corpus.source == "builtin:wikipedia":
         source["min_chars"] = corpus.min_chars
     if corpus.source == REFERENCE:
@@ -69,6 +71,7 @@ def run(ctx) -> dict[str, Any]:
     docs = load_documents(corpus["source"], text_field=corpus.get("text_field", "text"),
                           split=corpus.get("split", "train"), max_documents=corpus["max_documents"],
                           streaming=ctx.cfg.corpus.streaming, min_chars=corpus.get("min_chars", 0),
+                          txt_mode=corpus.get("txt_mode", "blocks"),
                           reference=corpus.get("reference"))
     unique, duplicates = deduplicate(docs)
     splits = split_documents(unique, corpus["validation_fraction"], corpus["test_fraction"], corpus["seed"])
