@@ -1,0 +1,330 @@
+"""`collapse submit` and `collapse status` against a real Slurm (tests marked `slurm`), and the array
+planning and script rendering without one.
+
+The Slurm tests drive the CLI as a user would (`submit`, `status`, `run` as subprocesses) with the
+stages of tests/slurm/toy_pipeline.py (fast, with a checkpointing training loop), on the two-node
+localhost cluster of the `slurm_cluster` fixture (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import UserError
+from pipeline.launchers import slurm_state
+from pipeline.launchers.slurm import plan_arrays, read_jobs, unit_levels, units_to_submit
+from pipeline.runner import Unit
+
+REPO = Path(__file__).resolve().parent.parent
+TOY_CLI = REPO / "tests" / "slurm" / "toy_pipeline.py"
+sys.path.insert(0, str(TOY_CLI.parent))
+import toy_pipeline  # noqa: E402
+
+WAIT_S = 240  # a safety net for a stuck queue, not a timing assertion
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_config(tmp_path: Path, name: str = "toy", **sections) -> Path:
+    data = {"name": name, "runs_dir": str(tmp_path / "runs"),
+            "mix": {"synthetic_fractions": [0.0, 0.5, 1.0], "token_budgets": [100, 200]},
+            "slurm": {"cpus_per_task": 1, "mem": "500M", "time": "00:10:00"}}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def toy(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(TOY_CLI), *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"collapse {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def toy_executor(config: Path, overrides=()):
+    from pipeline.config import load_config
+    from pipeline.executor import Executor
+    from pipeline.runner import plan_run
+
+    cfg = load_config(config, list(overrides))
+    return Executor(cfg=cfg, stages=toy_pipeline.STAGES, planned=plan_run(cfg, toy_pipeline.STAGES))
+
+
+def job_ids(run_dir: Path) -> list[str]:
+    jobs = json.loads((run_dir / "slurm" / "jobs.json").read_text())
+    return [a["job_id"] for s in jobs["submissions"] for a in s["arrays"]]
+
+
+def wait_for_queue_to_drain(ids: list[str]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        assert time.monotonic() < deadline, f"jobs still queued after {WAIT_S}s:\n{out}"
+        time.sleep(1)
+
+
+def ledger_events(path: Path) -> list[tuple[str, str, float, str]]:
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [(key, event, float(t), procs) for key, event, t, procs in rows]
+
+
+def manifests(run_dir: Path) -> dict[str, dict]:
+    """unit dir (relative) -> (fingerprint, metrics without bookkeeping)."""
+    out = {}
+    for path in sorted(run_dir.rglob("manifest.json")):
+        if ".collapse" in path.parts:
+            continue
+        manifest = json.loads(path.read_text())
+        metrics = {k: v for k, v in manifest["metrics"].items() if k not in ("resumed_from", "world_size")}
+        out[str(path.parent.relative_to(run_dir))] = {"fingerprint": manifest["fingerprint"], "metrics": metrics}
+    return out
+
+
+def scontrol_job(job_id: str) -> list[dict[str, str]]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    return [dict(slurm_state._FIELD.findall(line)) for line in out.splitlines()]
+
+
+# ---------------------------------------------------------------- planning, without Slurm
+
+
+def _generations_plan() -> list[Unit]:
+    """The real pipeline's shape with two generations: stages feed back into earlier ones."""
+    units = [Unit("prepare", "prepare", {})]
+    for g in (0, 1):
+        teacher_inputs = ("prepare/prepare",) if g == 0 else ("prepare/prepare", f"generate/g{g - 1}")
+        units.append(Unit("teacher", f"g{g}", {}, teacher_inputs, launcher="accelerate"))
+        shards = [Unit("generate", f"g{g}-s{s:03d}", {}, (f"teacher/g{g}",), launcher="accelerate") for s in range(2)]
+        units += shards + [Unit("generate", f"g{g}", {}, tuple(s.key for s in shards))]
+    for g in (0, 1):
+        units.append(Unit("mix", f"g{g}-p0.5-n100", {}, ("prepare/prepare", f"generate/g{g}")))
+    units += [Unit("train", f"s-{m.id}", {}, (m.key,), launcher="accelerate") for m in units if m.stage == "mix"]
+    return units
+
+
+def test_waves_put_every_input_in_an_earlier_array():
+    units = _generations_plan()
+    arrays = plan_arrays(units, queued={}, max_array_size=1000)
+    position = {u.key: i for i, a in enumerate(arrays) for u in a.units}
+    for i, array in enumerate(arrays):
+        assert len({(u.stage, u.launcher) for u in array.units}) == 1
+        for unit in array.units:
+            assert all(position[k] < i for k in unit.inputs), f"{unit.key} waits for a later or its own array"
+        assert array.after_arrays == {arrays[position[k]].name for u in array.units for k in u.inputs}
+    assert position["teacher/g0"] < position["generate/g0-s000"] < position["generate/g0"] < position["teacher/g1"]
+    assert position["mix/g0-p0.5-n100"] < position["mix/g1-p0.5-n100"], "mix g0 need not wait for generation 1"
+    assert [a.name for a in arrays][:4] == ["00-prepare", "01-teacher", "02-generate", "03-generate"]
+    assert unit_levels(units)["train/s-g1-p0.5-n100"] == 8
+
+
+def test_large_waves_split_at_max_array_size_and_dependents_wait_for_every_part():
+    units = [Unit("prepare", "prepare", {})] + [Unit("mix", f"m{i}", {}, ("prepare/prepare",)) for i in range(7)]
+    units += [Unit("train", f"t{i}", {}, (f"mix/m{i}",)) for i in range(7)]
+    arrays = plan_arrays(units, queued={}, max_array_size=3)
+    assert [(a.name, len(a.units)) for a in arrays] == [
+        ("00-prepare", 1), ("01-mix.p0", 3), ("01-mix.p1", 3), ("01-mix.p2", 1),
+        ("02-train.p0", 3), ("02-train.p1", 3), ("02-train.p2", 1)]
+    assert arrays[4].after_arrays == {"01-mix.p0"} and arrays[6].after_arrays == {"01-mix.p2"}
+
+
+def test_units_still_queued_are_not_resubmitted_but_waited_for(tmp_path):
+    executor = toy_executor(write_config(tmp_path))
+    queued = {f"mix/{u.id}": f"41_{i}" for i, u in enumerate(executor.planned.units("mix"))}
+    queued["prepare/prepare"] = "40_0"
+    todo = units_to_submit(executor, ["prepare", "mix", "train"], queued)
+    assert {u.stage for u in todo} == {"train"}
+    arrays = plan_arrays(todo, queued, max_array_size=100)
+    assert len(arrays) == 1 and arrays[0].after_tasks == set(queued.values()) - {"40_0"}
+    assert arrays[0].dependency({}) == "afterok:" + ":".join(sorted(set(queued.values()) - {"40_0"}))
+
+
+def test_a_stage_whose_inputs_are_neither_done_nor_submitted_is_refused(tmp_path):
+    executor = toy_executor(write_config(tmp_path))
+    with pytest.raises(UserError, match=r"needs mix/p0.0-n100, which is neither done nor queued; add stage mix"):
+        units_to_submit(executor, ["train"], queued={})
+
+
+def test_dry_run_renders_scripts_and_submits_nothing(tmp_path):
+    config = write_config(tmp_path, slurm={"partition": "gpu", "account": "proj42", "setup": ["module load cuda/12.4"],
+                                           "stages": {"train": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 32,
+                                                                "extra": ["--exclusive"]}}})
+    out = toy("submit", str(config), "--dry-run").stdout
+    slurm_dir = tmp_path / "runs" / "toy" / "slurm"
+    assert not (slurm_dir / "jobs.json").exists()
+    scripts = {p.name: p.read_text() for p in (slurm_dir / "dry-run").glob("*.sbatch")}
+    assert sorted(scripts) == ["00-prepare.sbatch", "01-mix.sbatch", "02-train.sbatch", "03-evaluate.sbatch"]
+    for name in scripts:
+        subprocess.run(["bash", "-n", str(slurm_dir / "dry-run" / name)], check=True)
+        assert "{" + "stage}" not in scripts[name]
+    train, mix = scripts["02-train.sbatch"], scripts["01-mix.sbatch"]
+    for option in ("--array=0-5", "--nodes=2", "--gpus-per-node=4", "--cpus-per-task=32", "--partition=gpu",
+                   "--account=proj42", "--signal=B:USR1@120", "--requeue", "--kill-on-invalid-dep=yes", "--exclusive"):
+        assert f"#SBATCH {option}" in train
+    assert "module load cuda/12.4" in train and "PROCS_PER_NODE=4" in train
+    assert r"--machine_rank \$SLURM_NODEID" in train, "the node rank must be expanded on each node, not once"
+    assert "srun --ntasks-per-node=1" in train and "accelerate.commands.launch" in train
+    assert "--gpus-per-node" not in mix and "--nodes=1" in mix and "accelerate" not in mix.split("set -uo")[1]
+    units = (slurm_dir / "dry-run" / "01-mix.units").read_text().split()
+    assert units == [u.id for u in toy_executor(config).planned.units("mix")]
+    assert '--dependency=afterok:$JOB_01_mix' in out and "nothing submitted" in out
+
+
+def test_slurm_records_are_mapped_back_to_array_tasks(tmp_path):
+    """Lines as Slurm 22.05 writes them (jobcomp/filetxt): tasks that ran, and a never-started array."""
+    jobcomp = tmp_path / "jobcomp.txt"
+    jobcomp.write_text(
+        "JobId=6 UserId=root(0) Name=a JobState=FAILED Partition=debug ArrayJobId=2 ArrayTaskId=1 DerivedExitCode=0:0 ExitCode=5:0\n"
+        "JobId=2 UserId=root(0) Name=a JobState=COMPLETED Partition=debug ArrayJobId=2 ArrayTaskId=2 ExitCode=0:0\n"
+        "JobId=3 UserId=root(0) Name=a JobState=CANCELLED Partition=debug NodeList=(null) ExitCode=0:0\n")
+    states = slurm_state.jobcomp_states(["2", "3"], {"2": 3, "3": 2}, jobcomp)
+    assert states[("2", 1)] == slurm_state.TaskState("FAILED", "", "5:0")
+    assert states[("2", 2)].state == "COMPLETED" and ("2", 0) not in states
+    assert states[("3", 0)].state == states[("3", 1)].state == "CANCELLED"
+    assert slurm_state.parse_indices("0-2,5,7-8%2") == [0, 1, 2, 5, 7, 8]
+
+
+# ---------------------------------------------------------------- against a real Slurm
+
+
+@pytest.mark.slurm
+def test_submit_runs_the_chain_in_order_and_matches_a_local_run(slurm_cluster, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    config = write_config(tmp_path)
+    out = toy("submit", str(config), env={"TOY_LEDGER": str(ledger)}).stdout
+    run_dir = tmp_path / "runs" / "toy"
+    jobs = read_jobs(toy_executor(config).cfg)["submissions"][0]["arrays"]
+    # 6 mix units with MaxArraySize=4: two arrays; each later array waits for the arrays holding its inputs.
+    assert [(a["name"], len(a["units"])) for a in jobs] == [
+        ("00-prepare", 1), ("01-mix.p0", 4), ("01-mix.p1", 2), ("02-train.p0", 4), ("02-train.p1", 2),
+        ("03-evaluate.p0", 4), ("03-evaluate.p1", 2)]
+    ids = {a["name"]: a["job_id"] for a in jobs}
+    assert jobs[3]["dependency"] == f"afterok:{ids['01-mix.p0']}"
+    dependency = scontrol_job(ids["02-train.p0"])[0]["Dependency"]
+    assert dependency.startswith(f"afterok:{ids['01-mix.p0']}") or dependency == "(null)"  # (null): already met
+    assert f"job {ids['00-prepare']}" in out
+    wait_for_queue_to_drain(list(ids.values()))
+
+    events = ledger_events(ledger)
+    started = {key: t for key, event, t, _ in events if event == "start"}
+    ended = {key: t for key, event, t, _ in events if event == "end"}
+    executor = toy_executor(config)
+    assert set(ended) == {u.key for u in executor.planned}, "every unit ran to its end"
+    for unit in executor.planned:
+        assert all(started[unit.key] >= ended[k] for k in unit.inputs), f"{unit.key} started before an input ended"
+    assert sorted(key for key, event, _, _ in events if event == "start") == sorted(u.key for u in executor.planned)
+
+    local = write_config(tmp_path / "local", name="toy")
+    toy("run", str(local), "--no-progress")
+    assert manifests(run_dir) == manifests(tmp_path / "local" / "runs" / "toy")
+    status = toy("status", str(run_dir)).stdout
+    assert f"done [COMPLETED {ids['03-evaluate.p1']}_1]" in status
+    again = toy("submit", str(config)).stdout
+    assert "every unit" in again and "is done" in again
+
+
+@pytest.mark.slurm
+def test_a_failed_unit_cancels_its_dependents_and_a_resubmit_runs_only_what_is_left(slurm_cluster, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    config = write_config(tmp_path, mix={"synthetic_fractions": [0.0, 0.5], "token_budgets": [100]})
+    failing = "train/gpt2-tiny-p0.5-n100"
+    toy("submit", str(config), env={"TOY_LEDGER": str(ledger), "TOY_FAIL_UNIT": failing})
+    run_dir = tmp_path / "runs" / "toy"
+    ids = job_ids(run_dir)
+    wait_for_queue_to_drain(ids)  # returns only if the evaluate array did not stay pending
+
+    evaluate = scontrol_job(ids[-1])
+    assert {r["JobState"] for r in evaluate} == {"CANCELLED"}
+    assert {r["Reason"] for r in evaluate} == {"DependencyNeverSatisfied"}
+    status = toy("status", str(run_dir)).stdout
+    failed_line = next(line for line in status.splitlines() if line.startswith("gpt2-tiny-p0.5-n100") and "failed" in line)
+    assert "RuntimeError: planned failure of train/gpt2-tiny-p0.5-n100 for the test" in failed_line
+    assert f"FAILED {ids[2]}_1" in failed_line and "exit 1" in failed_line
+    slurm_log = Path(failed_line.split(", log ")[1].split()[0].rstrip("]"))
+    assert slurm_log.is_file() and "failed with exit code 1" in slurm_log.read_text()
+    assert f"CANCELLED {ids[3]}_0 (DependencyNeverSatisfied)" in status
+
+    before = len(ledger_events(ledger))
+    out = toy("submit", str(config), env={"TOY_LEDGER": str(ledger)}).stdout
+    second = read_jobs(toy_executor(config).cfg)["submissions"][1]["arrays"]
+    # evaluate of the unit that did finish need not wait for the retried one: it goes in its own array.
+    assert [(a["stage"], a["units"], bool(a["dependency"])) for a in second] == [
+        ("train", ["gpt2-tiny-p0.5-n100"], False), ("evaluate", ["gpt2-tiny-p0.0-n100"], False),
+        ("evaluate", ["gpt2-tiny-p0.5-n100"], True)], out
+    wait_for_queue_to_drain([a["job_id"] for a in second])
+    rerun = sorted({key for key, event, _, _ in ledger_events(ledger)[before:] if event == "end"})
+    assert rerun == ["evaluate/gpt2-tiny-p0.0-n100", "evaluate/gpt2-tiny-p0.5-n100", failing]
+    status = toy("status", str(run_dir)).stdout
+    assert " failed " not in status and "FAILED" not in status
+    assert status.count("done [COMPLETED") == 7, status
+
+
+@pytest.mark.slurm
+def test_usr1_checkpoints_requeues_and_resumes_a_two_node_training_unit(slurm_cluster, tmp_path):
+    """The batch shell gets USR1 (as from --signal=B:USR1@N), forwards it through srun to both nodes'
+    workers, which checkpoint and exit 75; the task requeues itself and resumes to the same result."""
+    ledger = tmp_path / "ledger.txt"
+    sections = {"mix": {"synthetic_fractions": [0.5], "token_budgets": [100]}, "stages": ["prepare", "mix", "train"]}
+    config = write_config(tmp_path, slurm={"cpus_per_task": 1, "mem": "500M", "stages": {"train": {"nodes": 2}}}, **sections)
+    toy("submit", str(config), env={"TOY_LEDGER": str(ledger), "TOY_STEP_SECONDS": "1.5"})
+    run_dir = tmp_path / "runs" / "toy"
+    train_job = job_ids(run_dir)[-1]
+    key = "train/gpt2-tiny-p0.5-n100"
+    deadline = time.monotonic() + WAIT_S
+    while not any(k == key and e == "step2" for k, e, _, _ in ledger_events(ledger)):
+        assert time.monotonic() < deadline, "training never reached step 2"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{train_job}_0"], check=True)
+    wait_for_queue_to_drain([train_job])
+
+    record = scontrol_job(train_job)[0]
+    assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1"
+    events = [(e, procs) for k, e, _, procs in ledger_events(ledger) if k == key]
+    assert sorted(p for e, p in events if e.startswith("checkpointed")) == ["0/2", "1/2"], "both nodes stopped"
+    assert [e for e, p in events if p == "0/2"].count("start") == 2, "ran, then resumed once"
+    log = (run_dir / "logs" / "slurm" / f"02-train.{train_job}_0.out").read_text()
+    assert "requeueing" in log and "(restart 1)" in log
+    manifest = json.loads((run_dir / "train" / "gpt2-tiny-p0.5-n100" / "manifest.json").read_text())
+    assert manifest["metrics"]["world_size"] == 2 and manifest["metrics"]["resumed_from"] >= 2
+
+    local = write_config(tmp_path / "local", **sections)
+    toy("run", str(local), "--no-progress")
+    assert manifests(run_dir) == manifests(tmp_path / "local" / "runs" / "toy")
+
+
+@pytest.mark.slurm
+def test_a_task_whose_unit_is_locked_waits_and_takes_over_when_the_holder_dies(slurm_cluster, tmp_path):
+    from pipeline.runner import RunDir, unit_lock
+
+    ledger = tmp_path / "ledger.txt"
+    config = write_config(tmp_path, mix={"synthetic_fractions": [0.0], "token_budgets": [100]}, stages=["prepare", "mix"])
+    executor = toy_executor(config)
+    lock = RunDir(executor.cfg.run_dir).lock(executor.planned.get("prepare/prepare"))
+    with unit_lock(lock) as held:  # this test process plays a `collapse run` that holds the unit
+        assert held
+        toy("submit", str(config), env={"TOY_LEDGER": str(ledger), "COLLAPSE_LOCK_POLL_SECONDS": "1"})
+        ids = job_ids(executor.cfg.run_dir)
+        log = executor.cfg.run_dir / "logs" / "slurm" / f"00-prepare.{ids[0]}_0.out"
+        deadline = time.monotonic() + WAIT_S
+        while "locked by another process" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the task never saw the lock"
+            time.sleep(0.2)
+        assert scontrol_job(ids[1])[0]["JobState"] == "PENDING", "mix must not start while prepare is locked"
+    wait_for_queue_to_drain(ids)
+    ran = [key for key, event, _, _ in ledger_events(ledger) if event == "end"]
+    assert ran == ["prepare/prepare", "mix/p0.0-n100"]
+    assert {r["JobState"] for i in ids for r in scontrol_job(i)} == {"COMPLETED"}
