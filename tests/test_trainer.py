@@ -5,7 +5,6 @@ best checkpoint, early stopping, logs and the measured MFU peak. Runtime ~60 s o
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

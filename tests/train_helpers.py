@@ -1,6 +1,6 @@
 """Small, deterministic training setups shared by the trainer tests (and runnable as a child process).
 
-    python tests/train_helpers.py OUT_DIR [key=value ...]     # trains, prints the metrics as JSON
+    python tests/train_helpers.py OUT_DIR [key=value ...]     # trains, writes OUT_DIR.metrics-RANK.json
 
 The child form is what the kill/resume tests start, signal and SIGKILL.
 """
@@ -8,6 +8,7 @@ The child form is what the kill/resume tests start, signal and SIGKILL.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,4 +85,5 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     overrides = dict(arg.split("=", 1) for arg in sys.argv[2:])
     metrics = run_training(out, **{k: _parse(v) for k, v in overrides.items()})
-    print("METRICS " + json.dumps(metrics))
+    rank = os.environ.get("RANK", "0")  # set per worker by accelerate launch
+    Path(f"{out}.metrics-{rank}.json").write_text(json.dumps(metrics))

@@ -40,7 +40,8 @@ def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed
     Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
     `val_dataset` token stream (every token, see pipeline/evaluation.py), keeps the best model by
     validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
-    when SIGTERM/SIGUSR1 arrives. Returns JSON-able metrics (losses and counts agree across processes;
+    when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is merged in place when the final model is saved:
+    afterwards `model` holds the merged weights. Returns JSON-able metrics (losses and counts agree across processes;
     timings are each process's own).
     """
     # Handlers first: a SIGTERM/SIGUSR1 during setup is honoured at the first step boundary.
@@ -97,8 +98,10 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
     finally:
         ctx.train_log.close()
 
+    model_step = state["step"]
     if training.keep_best and state["best_step"] is not None and state["best_step"] != state["step"]:
         load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))  # the best validation's weights
+        model_step = state["best_step"]
     save_final_model(accelerator, model, out_dir / "model")
     if accelerator.is_main_process:
         checkpoints.delete_all()
@@ -108,7 +111,7 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
         "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
         "trainable_parameters": params["trainable"], "steps": state["step"], "planned_steps": steps,
         "tokens": state["tokens"], "epochs": state["step"] / batches.steps_per_epoch,
-        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
+        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"], "model_step": model_step,
         "final_val_loss": state["last_val_loss"], "stopped_early": state["step"] < steps,
         "wall_time_s": time.time() - started, "train_seconds": state["train_seconds"],
         "tokens_per_s": tokens_per_s,
