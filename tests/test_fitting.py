@@ -1,0 +1,177 @@
+"""Fits recover known parameters from synthetic noisy data; degrade gracefully and say so; reject bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.fitting import (
+    compare_model_sizes,
+    fit_scaling_curves,
+    fit_synthetic_quality,
+    fit_synthetic_quality_from_rows,
+    fit_tail_model,
+    plateaus_from_fit,
+    predicted_tail_cutoff,
+)
+from pipeline.theory import generator_cutoff, tail_mass, top_p_cutoff, zipf_probabilities
+
+
+def _curves(rng, fractions, budgets, seeds, clean_loss, c2, amplitude, alpha, noise, alphas=None):
+    """Rows of L_p(n) = E_0 + p²c² + A·n^(−α_p), with multiplicative log-normal noise."""
+    rows = []
+    for p in fractions:
+        a = alpha if alphas is None else alphas[p]
+        for n in budgets:
+            for s in range(seeds):
+                loss = (clean_loss + p**2 * c2 + amplitude * n ** (-a)) * np.exp(noise * rng.standard_normal())
+                rows.append({"synthetic_fraction": p, "token_budget": int(n), "seed": s, "loss": float(loss)})
+    return rows
+
+
+def _random_truth(rng):
+    alpha = rng.uniform(0.3, 0.8)
+    budgets = np.geomspace(1e5, 1e8, 7)
+    amplitude = rng.uniform(1.0, 3.0) * budgets[0] ** alpha  # excess of 1-3 nats at the smallest budget
+    return alpha, budgets, amplitude, rng.uniform(1.5, 3.0), rng.uniform(0.5, 2.0)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_shared_fit_recovers_plateaus_and_exponent(case):
+    rng = np.random.default_rng(case)
+    alpha, budgets, amplitude, clean_loss, c2 = _random_truth(rng)
+    fractions = [0.0, 0.1, 0.3, 0.6]
+    rows = _curves(rng, fractions, budgets, 3, clean_loss, c2, amplitude, alpha, noise=0.003)
+    result = fit_scaling_curves(rows, bootstrap=100, seed=case)
+    json.dumps(result)  # JSON-able
+    assert result["bootstrap"]["unit"] == "seed" and "warning" not in result
+    assert result["alpha"] == pytest.approx(alpha, rel=0.05)
+    assert result["alpha_ci"][0] <= result["alpha"] <= result["alpha_ci"][1]
+    assert result["A"] == pytest.approx(amplitude, rel=0.25)  # A and α co-vary: A is the loose one
+    for p in fractions:
+        entry = result["per_fraction"][f"{p:g}"]
+        assert entry["E"] == pytest.approx(clean_loss + p**2 * c2, rel=0.01)
+        assert entry["points"] == len(budgets) * 3
+    assert result["rmse_log"] < 0.01 and result["n_rows"] == len(rows)
+    quality = fit_synthetic_quality(plateaus_from_fit(result))
+    assert quality["c2"] == pytest.approx(c2, rel=0.1) and quality["r2"] > 0.98
+
+
+def test_bootstrap_intervals_cover_the_truth_most_of_the_time():
+    """Nominal 95% intervals on a sparse design (2 fractions × 4 budgets × 2 seeds).
+
+    Measured over 100 such data sets: α covered in 88%, E_p in 84% (percentile intervals of an extrapolated
+    plateau undercover somewhat). The bar here (22/30 ≈ 73%) catches a broken bootstrap, not a 1-point drift.
+    """
+    covered_alpha = covered_plateau = 0
+    for case in range(30):
+        rng = np.random.default_rng(500 + case)
+        alpha, budgets, amplitude, clean_loss, c2 = _random_truth(rng)
+        rows = _curves(rng, [0.0, 0.3], budgets[::2], 2, clean_loss, c2, amplitude, alpha, noise=0.003)
+        result = fit_scaling_curves(rows, bootstrap=60, seed=case)
+        low, high = result["alpha_ci"]
+        covered_alpha += low <= alpha <= high
+        low, high = result["per_fraction"]["0.3"]["E_ci"]
+        covered_plateau += low <= clean_loss + 0.09 * c2 <= high
+    assert covered_alpha >= 22 and covered_plateau >= 22, (covered_alpha, covered_plateau)
+
+
+def test_unshared_fit_recovers_per_fraction_exponents():
+    rng = np.random.default_rng(5)
+    alphas = {0.0: 0.3, 0.5: 0.6}
+    budgets = np.geomspace(1e5, 1e8, 8)
+    rows = _curves(rng, list(alphas), budgets, 2, 2.0, 1.0, 200.0, None, noise=0.002, alphas=alphas)
+    result = fit_scaling_curves(rows, shared=False, bootstrap=30)
+    assert result["alpha"] is None and not result["shared"]
+    for p, a in alphas.items():
+        assert result["per_fraction"][f"{p:g}"]["alpha"] == pytest.approx(a, rel=0.1)
+
+
+def test_two_budgets_still_fit_and_warn_about_the_plateau():
+    rng = np.random.default_rng(6)
+    alpha, _, amplitude, clean_loss, c2 = _random_truth(rng)
+    rows = _curves(rng, [0.0, 0.2, 0.5], [1e5, 1e7], 1, clean_loss, c2, amplitude, alpha, noise=0.003)
+    result = fit_scaling_curves(rows, bootstrap=20)
+    assert "weakly identified" in result["warning"]
+    assert result["bootstrap"]["unit"] == "row"
+    assert all(np.isfinite(entry["E"]) for entry in result["per_fraction"].values())
+    json.dumps(result)
+
+
+def test_synthetic_quality_recovers_c2_and_mixing_term():
+    rng = np.random.default_rng(7)
+    c2, b, clean = rng.uniform(0.5, 2.0), rng.uniform(0.05, 0.3), 2.5
+    fractions = np.array([0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0])
+    plateaus = {str(p): clean + p**2 * c2 + p * (1 - p) * b + 0.002 * rng.standard_normal() * (p > 0)
+                for p in fractions}
+    result = fit_synthetic_quality(plateaus, mixing_term=True)
+    assert result["c2"] == pytest.approx(c2, rel=0.05) and result["b"] == pytest.approx(b, abs=0.03)
+    assert result["r2"] > 0.99
+    pure = fit_synthetic_quality({p: clean + p**2 * c2 for p in fractions})
+    assert pure["c2"] == pytest.approx(c2) and pure["b"] == 0.0
+    helped = fit_synthetic_quality({0.0: 3.0, 0.5: 2.9, 1.0: 2.8})
+    assert helped["c2"] < 0 and "warning" in helped
+
+
+def test_synthetic_quality_from_raw_loss_at_the_largest_budget():
+    rng = np.random.default_rng(8)
+    rows = _curves(rng, [0.0, 0.25, 0.5, 1.0], [1e5, 1e9], 3, 2.0, 1.2, 10.0, 0.5, noise=0.001)
+    result = fit_synthetic_quality_from_rows(rows)
+    assert result["budget"] == 10**9
+    assert result["c2"] == pytest.approx(1.2, rel=0.05)  # the budget term is ~3e-4 nats at 1e9
+
+
+def test_tail_model_recovers_zipf_exponent_from_sampled_counts():
+    rng = np.random.default_rng(9)
+    for beta in rng.uniform(1.5, 2.5, 3):
+        counts = rng.multinomial(10**6, zipf_probabilities(beta, 10**5))
+        result = fit_tail_model({f"item{i}": c for i, c in enumerate(counts)})
+        assert result["beta"] == pytest.approx(beta, rel=0.04)
+        assert result["r2"] > 0.99
+
+
+def test_predicted_tail_cutoff_links_to_the_tails_formulas():
+    result = predicted_tail_cutoff(1.5, top_p=0.95, teacher_tokens=1e9, clean_fraction=0.1)
+    assert result["cutoffs"]["top_p"] == top_p_cutoff(0.95, 1.5)
+    assert result["cutoffs"]["teacher_tokens"] == round(generator_cutoff(1e9, 1.5))
+    assert result["cutoff"] == min(result["cutoffs"].values())
+    assert result["plateau"] == pytest.approx(tail_mass(result["cutoff"], 1.5))
+    assert result["stall_window"][1] == pytest.approx(10 * result["stall_window"][0])
+
+
+def test_compare_model_sizes_reports_orders_and_what_was_compared():
+    # Collapse gap grows with size: what the random-projection model predicts below the threshold.
+    plateaus = {10**6: {0.0: 3.0, 0.3: 3.05}, 4 * 10**6: {0.0: 2.8, 0.3: 2.9}, 16 * 10**6: {0.0: 2.6, 0.3: 2.8}}
+    below = compare_model_sizes(plateaus, regime="below")
+    above = compare_model_sizes(plateaus, regime="above")
+    json.dumps(below)
+    assert "random-projection" in below["compared"] and "caveat" in below
+    assert below["fractions"]["0.3"]["observed_gap_order"] == [10**6, 4 * 10**6, 16 * 10**6]
+    assert below["fractions"]["0.3"]["gap_order_agrees"] is True
+    assert above["fractions"]["0.3"]["gap_order_agrees"] is False
+    assert sorted(below["projection_sizes"].values()) == list(below["projection_sizes"].values())
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "rows"),
+    ([{"synthetic_fraction": 0.1, "token_budget": 10, "seed": 0}], "loss"),
+    ([{"synthetic_fraction": 0.1, "token_budget": "many", "seed": 0, "loss": 1.0}], "token_budget"),
+    ([{"synthetic_fraction": 0.1, "token_budget": 10, "seed": 0, "loss": -1.0}], "loss"),
+    ([{"synthetic_fraction": 1.5, "token_budget": 10, "seed": 0, "loss": 1.0}], "synthetic_fraction"),
+])
+def test_bad_rows_raise_value_error_naming_the_field(rows, message):
+    with pytest.raises(ValueError, match=message):
+        fit_scaling_curves(rows)
+
+
+def test_other_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="plateaus"):
+        fit_synthetic_quality({0.2: 1.0, 0.5: 1.2})
+    with pytest.raises(ValueError, match="rank_window"):
+        fit_tail_model([5, 3, 1], rank_window=(1, 10))
+    with pytest.raises(ValueError, match="regime"):
+        compare_model_sizes({1: {0.0: 1.0}, 2: {0.0: 1.0}}, regime="sideways")
+    with pytest.raises(ValueError, match="bootstrap"):
+        fit_scaling_curves([{"synthetic_fraction": 0, "token_budget": 10, "seed": 0, "loss": 1.0}], bootstrap=-1)
