@@ -310,3 +310,31 @@ def test_overparameterized_noiseless_collapse_is_exponential():
 def test_bad_arguments_raise_value_error_naming_them(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def _theory_args(argv):
+    import argparse
+
+    from pipeline.theory import cli
+
+    parser = argparse.ArgumentParser(prog="collapse")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return cli, parser.parse_args(["theory", *argv])
+
+
+def test_cli_prints_predictions_and_draws_the_figures(tmp_path, capsys):
+    cli, args = _theory_args(["--out", str(tmp_path), "--phi", "0.1", "--fraction", "0", "0.2", "--c2", "2"])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert f"{isotropic_mixture_risk(0.1, 0.2, 2.0):.4g}" in out and f"{synthetic_floor(0.2, 2.0):.4g}" in out
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 4 and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_cli_rejects_bad_values_with_exit_code_2(capsys):
+    cli, args = _theory_args(["--no-figures", "--fraction", "1.5"])
+    assert cli.run(args) == 2
+    assert "synthetic_fraction" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def synthetic_floor(synthetic_fraction, c2) -> float:
 
 
 def _weighted_effective_trace(phi, fractions, weights):
-    """τ solving φ = Σ_g p_g w_g τ/(1 + w_g τ): the leave-one-out trace of (XᵀWX)⁻¹ (scaled by n)."""
+    """τ = tr (XᵀWX)⁻¹ (weights summing to n) from its self-consistent equation φ = Σ_g p_g w_g τ/(1 + w_g τ)."""
     usable = float(np.sum(fractions[weights > 0]))
     if usable <= phi:
         raise ValueError(f"weighted least squares needs more positively weighted samples than features: "
@@ -160,7 +160,10 @@ def weighted_mixture_risk(phi, synthetic_fraction, weight, c2, noise_var=1.0, sy
     Orthogonal to δ, the residuals (1[synthetic] − θ)xᵀδ + ε are independent of the features: they act as
     label noise of variance v₁ = σ² + θ²c² (real) and v₂ = σ_s² + (1 − θ)²c² (synthetic). Weighted OLS noise
     then gives
-        E = θ²c² + τ₂ Σ_g p_g w_g² v_g/(1 + w_g τ)²,   τ₂ = (τ²/φ)/(1 − (τ²/φ) Σ_g p_g w_g²/(1 + w_g τ)²).
+        E = θ²c² + τ₂ Σ_g p_g w_g² v_g/(1 + w_g τ)²,   τ₂ = (τ²/φ)/(1 − (τ²/φ) Σ_g p_g w_g²/(1 + w_g τ)²),
+
+    τ₂ being n·tr (XᵀWX)⁻² (from differentiating τ's equation in a ridge shift). Whitening makes this hold for
+    any Σ at λ → 0 with c² = tr(ΣΔ).
 
     At a = p₂ this is `isotropic_mixture_risk`; as φ → 0 it reduces to the notes' form plus the O(φc²)
     fluctuation terms; any fixed a > 0 leaves the floor a²c².

@@ -137,7 +137,8 @@ def simulate_weighted_mixture(d, n, synthetic_fraction, weight, c2, noise_var=1.
     a = check_real(weight, "weight", 0.0, 1.0)
     c2 = check_real(c2, "c2", 0.0)
     noise_var = check_real(noise_var, "noise_var", 0.0)
-    synthetic_noise_var = noise_var if synthetic_noise_var is None else synthetic_noise_var
+    synthetic_noise_var = noise_var if synthetic_noise_var is None else check_real(
+        synthetic_noise_var, "synthetic_noise_var", 0.0)
     n_synthetic = int(round(p2 * n))
     p2 = n_synthetic / n
     sample_weight = np.r_[np.full(n - n_synthetic, (1 - a) / (1 - p2)), np.full(n_synthetic, a / p2)]

@@ -124,7 +124,7 @@ def top_p_cutoff(top_p, beta, support=None) -> int:
     """
     top_p = check_real(top_p, "top_p", 0.0, 1.0, low_open=True)
     beta = _check_beta(beta)
-    hi = support if support is not None else check_count(10**15, "support")
+    hi = 10**15 if support is None else check_count(support, "support")  # 10^15: "unbounded" for bisection
     if top_p == 1.0:
         if support is None:
             raise ValueError("top_p must be < 1 for an unbounded support (the nucleus is then infinite)")
