@@ -3,7 +3,7 @@
 Everything here works on plain Python data (lists of documents as lists of units: words or token
 ids), so each statistic can be tested on text whose statistics are known exactly (e.g. sampled from
 a Zipf law). `corpus_diagnostics` puts them together for the generate stage: scalar metrics for the
-manifest, and log-spaced rank-frequency curves for the report's plot.
+manifest, and full rank-frequency count arrays for the report's plot.
 
 Size matters for type counts and distinct-n (a bigger sample has more types), so the human
 reference values are computed on a sample of human train documents with as many words as the
@@ -24,7 +24,6 @@ import numpy as np
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 ZIPF_MIN_COUNT = 5  # below this, counts are mostly sampling noise and flatten the fitted curve
 ZIPF_POINTS = 50  # log-spaced ranks the line is fitted through (each decade weighs the same)
-CURVE_POINTS = 200  # log-spaced ranks saved for the plot
 
 
 def words(text: str) -> list[str]:
@@ -50,16 +49,6 @@ def zipf_exponent(counts: Counter | Iterable[int], min_count: int = ZIPF_MIN_COU
     picks = np.unique(np.round(np.geomspace(1, len(sorted_counts), ZIPF_POINTS)).astype(np.int64)) - 1
     slope = np.polyfit(np.log(picks + 1.0), np.log(sorted_counts[picks].astype(float)), 1)[0]
     return float(-slope)
-
-
-def rank_frequency_curve(counts: Counter | Iterable[int], points: int = CURVE_POINTS) -> dict[str, list]:
-    """Relative frequency at log-spaced ranks (all ranks when there are few): what the report plots."""
-    sorted_counts = rank_frequency(counts)
-    if len(sorted_counts) == 0:
-        return {"rank": [], "frequency": []}
-    picks = np.unique(np.round(np.geomspace(1, len(sorted_counts), points)).astype(np.int64)) - 1
-    total = float(sorted_counts.sum())
-    return {"rank": (picks + 1).tolist(), "frequency": (sorted_counts[picks] / total).tolist()}
 
 
 def distinct_n(documents: Sequence[Sequence[Hashable]], n: int) -> float:
@@ -107,61 +96,62 @@ def size_matched(documents: Sequence[Sequence[Hashable]], units: int) -> list[Se
     return picked
 
 
-def unit_statistics(documents: Sequence[Sequence[Hashable]]) -> dict[str, float]:
-    """Size, Zipf exponent, distinct-1/2/3 and mean document length of a corpus of unit sequences."""
-    counts = Counter(unit for doc in documents for unit in doc)
-    n_units = sum(counts.values())
+def side_statistics(word_docs: Sequence[Sequence[str]], token_docs: Sequence[Sequence[int]],
+                    distinct: Callable[[Sequence[Sequence[Hashable]]], dict] | None = None) -> dict:
+    """Sizes, Zipf exponents, distinct-1/2/3 (words; tokens as token_distinct_n), mean document lengths."""
+    distinct = distinct or (lambda docs: {f"distinct_{n}": distinct_n(docs, n) for n in (1, 2, 3)})
+    word_counts = Counter(w for doc in word_docs for w in doc)
+    token_counts = Counter(t for doc in token_docs for t in doc)
+    n_docs = max(1, len(word_docs))
     return {
-        "documents": len(documents), "units": n_units, "types": len(counts),
-        "zipf_exponent": zipf_exponent(counts),
-        **{f"distinct_{n}": distinct_n(documents, n) for n in (1, 2, 3)},
-        "mean_document_length": n_units / len(documents) if documents else float("nan"),
+        "documents": len(word_docs), "words": sum(word_counts.values()), "tokens": sum(token_counts.values()),
+        "word_types": len(word_counts), "token_types": len(token_counts),
+        "zipf_word": zipf_exponent(word_counts), "zipf_token": zipf_exponent(token_counts),
+        **distinct(word_docs), **{f"token_{k}": v for k, v in distinct(token_docs).items()},
+        "mean_document_words": sum(word_counts.values()) / n_docs,
+        "mean_document_tokens": sum(token_counts.values()) / n_docs,
+        "word_rank_frequency": rank_frequency(word_counts).tolist(),
+        "token_rank_frequency": rank_frequency(token_counts).tolist(),
     }
 
 
 def corpus_diagnostics(synthetic: Sequence[str], human_train: Sequence[str], human_test: Sequence[str],
                        tokenize: Callable[[Sequence[str]], list[list[int]]], tail_rank: int,
-                       distinct: Callable[[Sequence[Sequence[Hashable]], int], float] | None = None) -> tuple[dict, dict]:
-    """(metrics, curves) of a synthetic corpus against the human train/test documents.
+                       distinct: Callable[[Sequence[Sequence[Hashable]]], dict] | None = None) -> dict:
+    """{"synthetic": {...}, "human": {...}, "tail_rank": k}: the statistics of both sides, comparably.
 
-    metrics: {"synthetic": {...}, "human": {...}} on words and on tokens (`tokenize` = the corpus
-    tokenizer), plus test-type coverage and tail mass beyond human word rank `tail_rank`.
-    curves: rank-frequency curves (words, tokens) of both corpora for the report.
-    `distinct` overrides the distinct-n implementation (the `distinct_n` evaluate module).
+    Per side: see `side_statistics` (the *_rank_frequency entries are full sorted count arrays, for the
+    report's plot), plus `human_test_type_coverage` (share of human test word types that occur) and
+    `tail_mass` / `unseen_mass` (share of word tokens beyond human train rank `tail_rank` / never in
+    human train). The human side's size-dependent values come from a size-matched prefix of the train
+    split (its Zipf exponents and rank-frequency from the whole split); its tail mass from the test split.
+    `tokenize` maps texts to token ids (the corpus tokenizer); `distinct(docs) -> {distinct_1..3}`
+    overrides the built-in distinct-n (the generate stage passes the `distinct_n` evaluate module).
     """
     synthetic_words = [words(t) for t in synthetic]
     train_words = [words(t) for t in human_train]
-    test_word_types = {w for t in human_test for w in words(t)}
+    test_words = [words(t) for t in human_test]
     synthetic_tokens, train_tokens = tokenize(list(synthetic)), tokenize(list(human_train))
     train_word_counts = Counter(w for doc in train_words for w in doc)
     ranks = reference_ranks(train_word_counts)
+    test_types = {w for doc in test_words for w in doc}
 
-    n_synthetic_words = sum(map(len, synthetic_words))
-    matched_words = size_matched(train_words, n_synthetic_words)
-    matched_tokens = size_matched(train_tokens, sum(map(len, synthetic_tokens)))
-    metrics: dict[str, dict] = {}
-    for side, word_docs, token_docs, tail_counts in (
-        ("synthetic", synthetic_words, synthetic_tokens, Counter(w for doc in synthetic_words for w in doc)),
-        ("human", matched_words, matched_tokens, Counter(w for t in human_test for w in words(t))),
-    ):
-        word_stats, token_stats = unit_statistics(word_docs), unit_statistics(token_docs)
-        if distinct is not None:
-            for n in (1, 2, 3):
-                word_stats[f"distinct_{n}"] = distinct(word_docs, n)
-                token_stats[f"distinct_{n}"] = distinct(token_docs, n)
-        beyond, unseen = tail_mass(tail_counts, ranks, tail_rank)
-        metrics[side] = {
-            "words": word_stats, "tokens": token_stats,
-            "test_type_coverage": type_coverage((w for doc in word_docs for w in doc), test_word_types),
-            "tail_mass": beyond, "unseen_mass": unseen,
-        }
-    # Zipf exponents of the human side from the whole train split (more data, a steadier fit).
-    metrics["human"]["words"]["zipf_exponent"] = zipf_exponent(train_word_counts)
-    metrics["human"]["tokens"]["zipf_exponent"] = zipf_exponent(Counter(t for doc in train_tokens for t in doc))
-    metrics["tail_rank"] = tail_rank
-    curves = {
-        side: {"words": rank_frequency_curve(Counter(w for doc in wd for w in doc)),
-               "tokens": rank_frequency_curve(Counter(t for doc in td for t in doc))}
-        for side, wd, td in (("synthetic", synthetic_words, synthetic_tokens), ("human", train_words, train_tokens))
-    }
-    return metrics, curves
+    synthetic_stats = side_statistics(synthetic_words, synthetic_tokens, distinct)
+    n_words = synthetic_stats["words"]
+    human_stats = side_statistics(size_matched(train_words, n_words),
+                                  size_matched(train_tokens, synthetic_stats["tokens"]), distinct)
+    whole_train = side_statistics(train_words, train_tokens, lambda docs: {})
+    for key in ("zipf_word", "zipf_token", "word_rank_frequency", "token_rank_frequency",
+                "mean_document_words", "mean_document_tokens"):
+        human_stats[key] = whole_train[key]
+    for stats, word_docs, tail_docs in ((synthetic_stats, synthetic_words, synthetic_words),
+                                        (human_stats, size_matched(train_words, n_words), test_words)):
+        stats["human_test_type_coverage"] = type_coverage((w for doc in word_docs for w in doc), test_types)
+        stats["tail_mass"], stats["unseen_mass"] = tail_mass(Counter(w for doc in tail_docs for w in doc), ranks, tail_rank)
+    return {"synthetic": synthetic_stats, "human": human_stats, "tail_rank": tail_rank}
+
+
+def without_arrays(diagnostics: dict) -> dict:
+    """The scalar part (for a manifest): the rank-frequency arrays dropped."""
+    return {key: without_arrays(value) if isinstance(value, dict) else value
+            for key, value in diagnostics.items() if not isinstance(value, list)}

@@ -1,22 +1,24 @@
 """Batched sampling from a causal LM: the fast path that writes the synthetic corpora.
 
-One `model.generate` call samples a whole batch with the KV cache; prompts are left-padded so every
-row's next token sits in the last column. Each row stops at its first EOS (`generate` fills the rest
-with padding), and only the tokens before that EOS are kept and counted. Batches run until the kept
-tokens reach the target; the last batch is shrunk to what is still missing, so little is wasted.
+One `model.generate` call samples a whole batch with a preallocated (static) KV cache; prompts are
+left-padded so every row's next token sits in the last column. Each row stops at its first EOS
+(`generate` pads the rest), and only the tokens before that EOS are kept and counted. Batches run
+until the kept tokens reach the target; the last batch shrinks to what is still missing.
 
-Determinism: batch b is sampled after `torch.manual_seed(derive_seed(seed, b))`, and prompts come
-from a generator seeded by `seed` too, so the same (seed, batch size) always gives the same tokens.
-The automatic batch size is a power of two under a cap, so it rarely changes between runs; the
-batch size actually used is reported so that a rerun can pin it (`generate.batch_size`).
+Determinism that does not depend on how the work is cut up: sequence i of a shard draws its prompt
+and, at generated position t, its one uniform random number from a counter-based hash of
+(seed, i, t) (`InverseCdfSampler`). No global RNG state is involved, so the same sequences come out
+whatever the batch size or the number of processes, and documents are accepted in sequence order up
+to the target. (Floating point can differ in the last bits between batch shapes; a draw lands within
+that distance of a CDF boundary with probability ~1e-7 per token.)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ import torch
 CPU_BATCH_CAP = 1024  # beyond this the CPU is saturated: larger batches only add memory
 GPU_BATCH_CAP = 4096
 MEMORY_FRACTION = 0.5  # share of free memory the batch may use (the rest: weights, fragmentation, others)
+PROMPT_ATTEMPTS = 64  # redraws for a sequence whose drawn human document is too short to give a prompt
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class SamplingSettings:
     """The knobs of `generate.*` that change what is sampled."""
 
     temperature: float = 1.0
-    top_k: int = 0  # 0: off (transformers would otherwise apply top_k=50 by default)
+    top_k: int = 0  # 0: off (transformers' do_sample would otherwise apply top_k=50 by default)
     top_p: float = 1.0
     max_new_tokens: int = 128
     min_new_tokens: int = 0
@@ -41,8 +44,11 @@ class SamplingSettings:
     def from_config(cls, generate_cfg) -> "SamplingSettings":
         return cls(**{name: getattr(generate_cfg, name) for name in cls.__dataclass_fields__})
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
     def generation_config(self, eos_id: int, pad_id: int):
-        """The GenerationConfig for `generate`: greedy over the scores our sampler leaves (see InverseCdfSampler).
+        """The GenerationConfig for `generate`: greedy over the scores `InverseCdfSampler` leaves.
 
         Every field that could change the output is explicit, so no checkpoint default (a
         generation_config.json with top_k=50, min_p, ...) leaks in. Repetition penalty and the minimum
@@ -54,7 +60,7 @@ class SamplingSettings:
             do_sample=False, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None,
             repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=0, num_beams=1,
             num_return_sequences=1, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None, use_cache=True,
-            # A preallocated cache: no torch.cat of the whole cache every step (~20% faster on CPU).
+            # Preallocated cache: no torch.cat of the whole cache every step (~20% faster on CPU).
             # No torch.compile: every new batch shape would recompile.
             cache_implementation="static", disable_compile=True,
             return_dict_in_generate=False, output_scores=False,
@@ -75,40 +81,66 @@ class SamplingSettings:
         return chain
 
 
+# ---------------------------------------------------------------- counter-based random numbers
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, generation, shard): independent streams per tuple."""
+    words = []
+    for part in parts:  # each part as two 32-bit words, so derived seeds can be parts again
+        value = int(part) % (1 << 64)
+        words += [value & 0xFFFFFFFF, value >> 32]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def counter_hash(key, counter) -> np.ndarray:
+    """splitmix64 of `key` at position `counter` (uint64 arrays broadcast): a random-access random stream."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(key, dtype=np.uint64) + (np.asarray(counter, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def uniforms(keys: np.ndarray, step: int) -> np.ndarray:
+    """float64 in [0, 1): the 53 top bits of the hash of each row's key at `step`."""
+    return (counter_hash(keys, step) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 class InverseCdfSampler:
     """A logits processor that draws the next token and leaves it as the row's only finite score.
 
-    `generate(do_sample=True)` draws with torch.multinomial, which on CPU makes one exponential
-    random number per vocabulary entry per row (~1/3 of all sampling time for a small model). Here
-    the warped scores become an unnormalised CDF (exp, cumsum) and ONE uniform per row is located in
-    it (searchsorted): the same distribution, one random number per row. generate's greedy step then
-    picks the drawn token. fp32 cumsum: tokens below ~1e-7 of the mass are drawn with small error.
+    `generate(do_sample=True)` draws with torch.multinomial (global RNG; on CPU one exponential random
+    number per vocabulary entry per row, ~1/3 of all sampling time for a small model). Here the warped
+    scores become an unnormalised CDF (exp, cumsum) and ONE uniform per row, from the row's own
+    counter-based stream, is located in it (searchsorted): the same distribution, with random numbers
+    that belong to the sequence, not to the batch. generate's greedy step then picks the drawn token.
+    fp32 cumsum: tokens below ~1e-7 of the mass are drawn with small error.
     """
 
     def __init__(self, settings: SamplingSettings) -> None:
-        self.settings = settings
         self.chain = settings.warpers()
+        self.row_keys = np.zeros(0, dtype=np.uint64)
+        self.prompt_width = 0
+
+    def start_batch(self, row_keys: np.ndarray, prompt_width: int) -> None:
+        self.row_keys, self.prompt_width = row_keys, prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for warper in self.chain:
             scores = warper(input_ids, scores)
         cdf = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).cumsum_(dim=-1)
         total = cdf[:, -1:]
-        # u in [0, total): right=True finds the first entry with cdf > u, which never is a zero-mass token.
-        u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
-        drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)
-        only_drawn = torch.full_like(scores, float("-inf"))
-        return only_drawn.scatter_(1, drawn, 0.0)
+        step = input_ids.shape[1] - self.prompt_width
+        u = torch.from_numpy(uniforms(self.row_keys, step)).to(cdf.device).unsqueeze(1)
+        # u * total in [0, total): right=True finds the first entry with cdf > u, never a zero-mass token.
+        target = torch.minimum((u * total.double()).to(cdf.dtype), torch.nextafter(total, torch.zeros_like(total)))
+        drawn = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, drawn, 0.0)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, generation, shard, rank, batch): independent streams per tuple."""
-    words = []
-    for part in parts:  # each part as two 32-bit words, so 63-bit derived seeds can be parts again
-        value = int(part) % (1 << 64)
-        words += [value & 0xFFFFFFFF, value >> 32]
-    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+# ---------------------------------------------------------------- prompts
 
 
 def start_token_id(tokenizer) -> int:
@@ -119,33 +151,47 @@ def start_token_id(tokenizer) -> int:
     return int(token_id)
 
 
-# ---------------------------------------------------------------- prompts
-
-
 class PromptSampler:
-    """Prompts for successive rows: the start token alone, or start + the first tokens of a human document."""
+    """The prompt of sequence i: the start token alone, or start + the first tokens of a human document.
 
-    def __init__(self, start_id: int, prefixes: Sequence[Sequence[int]] | None = None, seed: int = 0) -> None:
-        self.start_id = start_id
-        self.prefixes = [list(p) for p in prefixes] if prefixes is not None else None
-        if self.prefixes is not None and not self.prefixes:
-            raise ValueError("no human document is long enough to give a prompt")
-        self.rng = np.random.default_rng(seed)
+    Document for sequence i: hash(seed, i, attempt) mod n_documents, redrawn while the document has
+    no more than `prompt_tokens` tokens. Only the documents drawn are ever tokenised.
+    """
+
+    def __init__(self, start_id: int, documents: Sequence[str] | None = None,
+                 encode: Callable[[list[str]], list[list[int]]] | None = None, prompt_tokens: int = 0,
+                 seed: int = 0) -> None:
+        if documents is not None and (encode is None or prompt_tokens < 1 or not documents):
+            raise ValueError("human prompts need documents, an encode function and prompt_tokens >= 1")
+        self.start_id, self.documents, self.encode = start_id, documents, encode
+        self.prompt_tokens, self.key = prompt_tokens, np.uint64(derive_seed(seed, 0x50524F4D))
+        self._prefixes: dict[int, list[int] | None] = {}
 
     @property
     def max_length(self) -> int:
-        return 1 + (max(len(p) for p in self.prefixes) if self.prefixes is not None else 0)
+        return 1 + (self.prompt_tokens if self.documents is not None else 0)
 
-    def take(self, n: int) -> list[list[int]]:
-        if self.prefixes is None:
-            return [[self.start_id] for _ in range(n)]
-        picks = self.rng.integers(0, len(self.prefixes), size=n)
-        return [[self.start_id, *self.prefixes[i]] for i in picks]
+    def prompts(self, indices: np.ndarray) -> list[list[int]]:
+        if self.documents is None:
+            return [[self.start_id] for _ in indices]
+        chosen: list[list[int] | None] = [None] * len(indices)
+        for attempt in range(PROMPT_ATTEMPTS):
+            todo = [j for j, prefix in enumerate(chosen) if prefix is None]
+            if not todo:
+                return [[self.start_id, *prefix] for prefix in chosen]
+            picks = counter_hash(counter_hash(self.key, indices[todo]), attempt) % np.uint64(len(self.documents))
+            self._tokenize_missing(picks.tolist())
+            for j, doc in zip(todo, picks.tolist()):
+                chosen[j] = self._prefixes[doc]
+        raise ValueError(f"no human train document found with more than {self.prompt_tokens} tokens "
+                         f"in {PROMPT_ATTEMPTS} draws; lower generate.prompt_tokens")
 
-
-def human_prefixes(token_docs: Sequence[Sequence[int]], prompt_tokens: int) -> list[list[int]]:
-    """The first `prompt_tokens` tokens of every document that has more than that many."""
-    return [list(doc[:prompt_tokens]) for doc in token_docs if len(doc) > prompt_tokens]
+    def _tokenize_missing(self, doc_ids: list[int]) -> None:
+        missing = sorted({d for d in doc_ids if d not in self._prefixes})
+        if not missing:
+            return
+        for doc, ids in zip(missing, self.encode([self.documents[d] for d in missing])):
+            self._prefixes[doc] = list(ids[:self.prompt_tokens]) if len(ids) > self.prompt_tokens else None
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,12 +231,11 @@ def free_memory_bytes(device: torch.device) -> int:
 def auto_batch_size(model, sequence_length: int, device: torch.device, cap: int | None = None) -> int:
     """Sequences per batch that fit in MEMORY_FRACTION of free memory, as a power of two <= cap.
 
-    Per sequence: the KV cache of `sequence_length` tokens plus fp32 logits and the sampling buffers
-    over the vocabulary. A power of two keeps the choice stable when free memory wobbles between runs.
+    Per sequence: the static KV cache of `sequence_length` tokens plus the logits and the sampling
+    buffers over the vocabulary. (The batch size does not change what is sampled, only how fast.)
     """
     dtype = next(model.parameters()).dtype
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    # A dynamic cache would need 2x (concatenation); the static cache we use is allocated once.
     vocabulary_buffers = 6 * 4 * cfg.vocab_size  # logits, fp32 copy, exp/cdf, the -inf output, slack
     per_sequence = sequence_length * kv_cache_bytes_per_token(model.config, dtype) + vocabulary_buffers
     cap = cap or (GPU_BATCH_CAP if device.type == "cuda" else CPU_BATCH_CAP)
@@ -198,12 +243,11 @@ def auto_batch_size(model, sequence_length: int, device: torch.device, cap: int 
     return max(1, min(cap, 2 ** int(math.log2(max(1, fitting)))))
 
 
-def sampling_device_and_dtype(device: torch.device | str | None = None) -> tuple[torch.device, torch.dtype]:
+def sampling_dtype(device: torch.device) -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return device, torch.bfloat16
-    return device, torch.float32
+        return torch.bfloat16
+    return torch.float32
 
 
 # ---------------------------------------------------------------- sampling
@@ -211,13 +255,13 @@ def sampling_device_and_dtype(device: torch.device | str | None = None) -> tuple
 
 @dataclass
 class SampleResult:
-    """Documents (token ids before the first EOS) and how fast they came."""
+    """Documents (token ids before the first EOS, in sequence order) and how fast they came."""
 
     documents: list[list[int]] = field(default_factory=list)
     prompts: list[list[int]] = field(default_factory=list)
     kept_tokens: int = 0  # tokens in `documents`
-    computed_tokens: int = 0  # rows x generated columns: kept + EOS + padding after early stops
-    batches: int = 0
+    computed_tokens: int = 0  # rows x generated columns, all processes: kept + EOS + padding after early stops
+    sequences: int = 0  # sequences sampled (including empty and surplus ones)
     batch_size: int = 0
     seconds: float = 0.0
 
@@ -233,19 +277,21 @@ class SampleResult:
 def cut_at_eos(new_tokens: torch.Tensor, eos_id: int) -> list[list[int]]:
     """Each row's tokens before its first EOS (rows without EOS ran to max_new_tokens: kept whole)."""
     is_eos = new_tokens == eos_id
-    has_eos = is_eos.any(dim=1)
-    lengths = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, new_tokens.shape[1], dtype=torch.long))
-    rows = new_tokens.tolist()
-    return [row[:n] for row, n in zip(rows, lengths.tolist())]
+    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), new_tokens.shape[1])
+    return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())]
 
 
 @torch.inference_mode()
 def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, *, target_tokens: int, eos_id: int,
-                     pad_id: int, seed: int, batch_size: int | None = None, progress: bool = True,
+                     pad_id: int, seed: int, batch_size: int | None = None, rank: int = 0, world: int = 1,
+                     gather: Callable[[list], list] | None = None, progress: bool = True,
                      desc: str = "sample") -> SampleResult:
     """Sample documents until their tokens reach `target_tokens` (the last document may overshoot).
 
-    The model must already be on its device in eval mode. Empty documents (EOS first) are dropped.
+    The model must be on its device in eval mode. Empty documents (EOS first) are dropped. With
+    world > 1, each round process `rank` samples its contiguous chunk of sequence indices and `gather`
+    (e.g. accelerate.utils.gather_object) collects every process's chunk in rank order, so all
+    processes accept the same documents in sequence order and return the same result.
     """
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
@@ -253,39 +299,50 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
     device = next(model.parameters()).device
     generation_config = settings.generation_config(eos_id, pad_id)
     model.generation_config = generation_config  # no checkpoint default (top_k=50, min_p, ...) may leak in
-    sampler = LogitsProcessorList([InverseCdfSampler(settings)])
+    sampler = InverseCdfSampler(settings)
     if batch_size is None:
         batch_size = auto_batch_size(model, prompts.max_length + settings.max_new_tokens, device)
+        if world > 1:  # every process must cut the same chunk sizes: the smallest memory decides
+            batch_size = min(gather([batch_size]))
+    sequence_keys = np.uint64(derive_seed(seed, 0x53455153))
     result = SampleResult(batch_size=batch_size)
     bar = tqdm(total=target_tokens, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True, leave=False)
     started = time.perf_counter()
     while result.kept_tokens < target_tokens:
-        rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, settings.max_new_tokens)
-        batch_prompts = prompts.take(rows)
+        rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
+                                   settings.max_new_tokens)
+        first = result.sequences + rank * rows
+        indices = np.arange(first, first + rows, dtype=np.uint64)
+        batch_prompts = prompts.prompts(indices)
         input_ids, attention_mask = left_pad(batch_prompts, pad_id)
-        torch.manual_seed(derive_seed(seed, result.batches))
+        sampler.start_batch(counter_hash(sequence_keys, indices), input_ids.shape[1])
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                generation_config=generation_config, logits_processor=sampler)
+                                generation_config=generation_config, logits_processor=LogitsProcessorList([sampler]))
         new_tokens = output[:, input_ids.shape[1]:].cpu()
-        result.computed_tokens += new_tokens.numel()
-        result.batches += 1
+        chunk = (batch_prompts, cut_at_eos(new_tokens, eos_id), new_tokens.numel())
+        chunks = gather([chunk]) if world > 1 else [chunk]
+        result.sequences += rows * world
         before = result.kept_tokens
-        for prompt, doc in zip(batch_prompts, cut_at_eos(new_tokens, eos_id)):
-            if not doc:
-                continue
-            result.documents.append(doc)
-            result.prompts.append(prompt)
-            result.kept_tokens += len(doc)
-            if result.kept_tokens >= target_tokens:
-                break
+        _accept(result, chunks, target_tokens)
         bar.update(min(result.kept_tokens, target_tokens) - min(before, target_tokens))
     bar.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _rows_for_remaining(remaining: int, so_far: SampleResult, batch_size: int, max_new_tokens: int) -> int:
-    """Rows for the next batch: the full batch, or ~what the remaining tokens need (+10%) near the end."""
+def _accept(result: SampleResult, chunks: list, target_tokens: int) -> None:
+    """Append non-empty documents in sequence order until the target is reached."""
+    for batch_prompts, documents, computed in chunks:
+        result.computed_tokens += computed
+        for prompt, doc in zip(batch_prompts, documents):
+            if doc and result.kept_tokens < target_tokens:
+                result.documents.append(doc)
+                result.prompts.append(prompt)
+                result.kept_tokens += len(doc)
+
+
+def _rows_for_remaining(remaining: int, so_far: SampleResult, batch_size: int, world: int, max_new_tokens: int) -> int:
+    """Rows per process for the next round: a full batch, or ~what the remaining tokens need (+10%)."""
     mean_length = so_far.kept_tokens / len(so_far.documents) if so_far.documents else max_new_tokens
-    needed = math.ceil(1.1 * remaining / max(1.0, mean_length)) + 1
+    needed = math.ceil(1.1 * remaining / max(1.0, mean_length) / world) + 1
     return max(1, min(batch_size, needed))

@@ -1,0 +1,228 @@
+"""generate: synthetic text from each generation's teacher, in shards, merged into a packed corpus.
+
+Units per generation g (planned after teacher g; teacher g+1 is planned here too, after corpus g):
+  generate/gG-sKKK  a shard: its share of generate.tokens sampled from teacher/gG (pipeline/sampling.py).
+                    text.jsonl: {"text", "tokens"[, "prompt"]} per document, in sequence order.
+                    Under `accelerate launch` every process samples its own chunk of each round; the
+                    main process writes. Shard k's sequences come from the seed (generate.seed, g, k),
+                    so a rerun after a kill redoes only missing shards and produces identical text.
+  generate/gG       the corpus: shard texts concatenated in shard order; a seeded `heldout_fraction`
+                    of the documents is packed into heldout/ (final partial block kept), the rest into
+                    blocks/ (column `input_ids`), both with prepare's tokenizer and block size.
+                    text.jsonl: {"text", "heldout"} per document; diagnostics.json: synthetic vs human
+                    statistics (pipeline/diagnostics.py) with rank-frequency arrays for the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.runner import Unit, write_json_atomic, write_text_atomic
+
+NAME = "generate"
+VERSION = 1
+PREPARE_KEY = "prepare/prepare"
+_HELDOUT_STREAM = 0x48454C44  # separates the held-out draw from the sampling seeds
+
+
+def shard_id(generation: int, shard: int) -> str:
+    return f"g{generation}-s{shard:03d}"
+
+
+def shard_tokens(total: int, shards: int, shard: int) -> int:
+    """Shard k's share of the generation's tokens (the first total % shards shards take one more)."""
+    return total // shards + (shard < total % shards)
+
+
+def is_shard(unit_id: str) -> bool:
+    return "-s" in unit_id
+
+
+def plan(cfg, planned) -> list[Unit]:
+    from pipeline.sampling import SamplingSettings
+    from pipeline.stages import teacher
+
+    gen = cfg.generate
+    sampling = SamplingSettings.from_config(gen).as_dict()
+    units: list[Unit] = []
+    for g in range(gen.generations):
+        if g >= 1:  # needs corpus g-1, planned just above: so it is planned here, not by the teacher stage
+            units.append(teacher.teacher_unit(cfg, g))
+        teacher_key = f"teacher/g{g}"
+        shards = []
+        for k in range(gen.shards):
+            params = {"generation": g, "shard": k, "tokens": shard_tokens(gen.tokens, gen.shards, k),
+                      "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed}
+            if gen.prompt == "human":
+                params["prompt_tokens"] = gen.prompt_tokens
+            shards.append(Unit(NAME, shard_id(g, k), params, inputs=(teacher_key, PREPARE_KEY), launcher="accelerate"))
+        units += shards
+        corpus_params = {"generation": g, "heldout_fraction": gen.heldout_fraction, "tail_rank": gen.tail_rank,
+                         "seed": gen.seed}
+        units.append(Unit(NAME, f"g{g}", corpus_params, inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key)))
+    return units
+
+
+def run(ctx) -> dict[str, Any]:
+    return run_shard(ctx) if is_shard(ctx.unit.id) else run_corpus(ctx)
+
+
+# ---------------------------------------------------------------- shards
+
+
+def load_teacher(model_dir: Path, device, trust_remote_code: bool):
+    """The teacher checkpoint and tokenizer, in bf16 on a GPU (fp32 on CPU), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.sampling import sampling_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=sampling_dtype(device),
+                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
+    return model.to(device).eval(), tokenizer
+
+
+def run_shard(ctx) -> dict[str, Any]:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from pipeline.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
+    from pipeline.stages import prepare
+
+    params, state = ctx.params, PartialState()
+    g, k = params["generation"], params["shard"]
+    model, tokenizer = load_teacher(Path(ctx.inputs[f"teacher/g{g}"]) / "model", state.device,
+                                    ctx.cfg.teacher.trust_remote_code)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise UserError(f"teacher/g{g}: its tokenizer has no EOS token; documents could not end")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    seed = derive_seed(params["seed"], g, k)
+    if params["prompt"] == "human":  # TRAIN documents only: validation/test text never reaches the teacher
+        prompts = PromptSampler(start_token_id(tokenizer), prepare.documents(Path(ctx.inputs[PREPARE_KEY]), "train"),
+                                lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"],
+                                params["prompt_tokens"], seed)
+    else:
+        prompts = PromptSampler(start_token_id(tokenizer))
+    result = sample_documents(model, SamplingSettings(**params["sampling"]), prompts, target_tokens=params["tokens"],
+                              eos_id=eos, pad_id=pad, seed=seed, batch_size=ctx.cfg.generate.batch_size,
+                              rank=state.process_index, world=state.num_processes, gather=gather_object,
+                              progress=ctx.is_main_process, desc=f"generate {ctx.unit.id}")
+    if ctx.is_main_process:
+        lines = []
+        for doc, prompt in zip(result.documents, result.prompts):
+            row: dict[str, Any] = {"text": tokenizer.decode(doc, skip_special_tokens=True), "tokens": len(doc)}
+            if params["prompt"] == "human":
+                row["prompt"] = tokenizer.decode(prompt[1:], skip_special_tokens=True)
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        write_text_atomic(Path(ctx.out) / "text.jsonl", "".join(lines))
+        ctx.log.info("generate %s: %d documents, %d tokens, %.0f tokens/s, batch %d, %.0f%% of computed tokens "
+                     "after EOS", ctx.unit.id, len(result.documents), result.kept_tokens, result.tokens_per_second,
+                     result.batch_size, 100 * result.wasted_fraction)
+    return {"documents": len(result.documents), "tokens": result.kept_tokens, "sequences": result.sequences,
+            "computed_tokens": result.computed_tokens, "wasted_fraction": result.wasted_fraction,
+            "tokens_per_s": result.tokens_per_second, "seconds": result.seconds, "batch_size": result.batch_size,
+            "processes": state.num_processes, "device": str(state.device)}
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def corpus_documents(corpus_dir: Path, heldout: bool | None = None) -> list[str]:
+    """Texts of a corpus unit (all, or only the held-out / only the training documents)."""
+    rows = read_jsonl(Path(corpus_dir) / "text.jsonl")
+    return [r["text"] for r in rows if heldout is None or r["heldout"] == heldout]
+
+
+def heldout_mask(n_documents: int, fraction: float, seed: int, generation: int) -> np.ndarray:
+    """Which documents are held out: a seeded choice of round(fraction * n) (at least one if fraction > 0)."""
+    n_heldout = 0 if fraction == 0 or n_documents < 2 else min(n_documents - 1, max(1, round(fraction * n_documents)))
+    from pipeline.sampling import derive_seed
+
+    rng = np.random.default_rng(derive_seed(seed, generation, _HELDOUT_STREAM))
+    mask = np.zeros(n_documents, dtype=bool)
+    mask[rng.choice(n_documents, size=n_heldout, replace=False)] = True
+    return mask
+
+
+def run_corpus(ctx) -> dict[str, Any]:
+    from pipeline.data.packing import pack_documents
+    from pipeline.stages import prepare
+
+    params, out = ctx.params, Path(ctx.out)
+    shard_keys = [k for k in ctx.unit.inputs if k.startswith(f"{NAME}/")]
+    rows = [row for key in shard_keys for row in read_jsonl(Path(ctx.inputs[key]) / "text.jsonl")]
+    texts = [row["text"] for row in rows]
+    if not texts:
+        raise UserError(f"generate {ctx.unit.id}: the shards hold no documents; raise generate.tokens")
+    prepare_dir = Path(ctx.inputs[PREPARE_KEY])
+    tokenizer = prepare.tokenizer(prepare_dir)
+    block_size = int(ctx.manifest(PREPARE_KEY)["metrics"]["block_size"])
+    held = heldout_mask(len(texts), params["heldout_fraction"], params["seed"], params["generation"])
+    num_proc = ctx.cfg.packing.num_proc
+    packed = pack_documents([t for t, h in zip(texts, held) if not h], tokenizer, block_size, out / "blocks",
+                            num_proc=num_proc)
+    heldout = (pack_documents([t for t, h in zip(texts, held) if h], tokenizer, block_size, out / "heldout",
+                              num_proc=num_proc, keep_remainder=True) if held.any() else None)
+    write_text_atomic(out / "text.jsonl", "".join(json.dumps({"text": t, "heldout": bool(h)}, ensure_ascii=False) + "\n"
+                                                  for t, h in zip(texts, held)))
+
+    diagnostics = corpus_statistics(ctx, texts, prepare_dir, tokenizer)
+    write_json_atomic(out / "diagnostics.json", diagnostics)
+    shard_metrics = [ctx.manifest(k)["metrics"] for k in shard_keys]
+    from pipeline.diagnostics import without_arrays
+
+    synthetic = diagnostics["synthetic"]
+    ctx.log.info("generate %s: %d documents (%d held out), %d blocks; Zipf words %.3f (human %.3f), tail mass %.4f "
+                 "(human %.4f), test-type coverage %.3f", ctx.unit.id, len(texts), int(held.sum()), packed["blocks"],
+                 synthetic["zipf_word"], diagnostics["human"]["zipf_word"], synthetic["tail_mass"],
+                 diagnostics["human"]["tail_mass"], synthetic["human_test_type_coverage"])
+    return {"generation": params["generation"], "documents": len(texts), "heldout_documents": int(held.sum()),
+            "teacher_tokens": sum(m["tokens"] for m in shard_metrics),
+            "sampling_seconds": sum(m["seconds"] for m in shard_metrics),
+            "blocks": packed, "heldout": heldout, "diagnostics": without_arrays(diagnostics)}
+
+
+def corpus_statistics(ctx, texts: list[str], prepare_dir: Path, tokenizer) -> dict[str, Any]:
+    """pipeline.diagnostics on this corpus vs prepare's train/test documents, plus the teacher's test scores."""
+    from pipeline.data.packing import plain_backend
+    from pipeline.diagnostics import corpus_diagnostics
+    from pipeline.stages import prepare
+
+    backend = plain_backend(tokenizer)
+
+    def tokenize(batch: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in backend.encode_batch_fast(batch, add_special_tokens=False)]
+
+    diagnostics = corpus_diagnostics(texts, prepare.documents(prepare_dir, "train"), prepare.documents(prepare_dir, "test"),
+                                     tokenize, ctx.params["tail_rank"], distinct=distinct_via_evaluate())
+    test = ctx.manifest(f"teacher/g{ctx.params['generation']}")["metrics"].get("test") or {}
+    diagnostics["synthetic"].update(teacher_test_loss=test.get("loss"), teacher_test_ppl=test.get("perplexity"),
+                                    teacher_test_bpb=test.get("bits_per_byte"))
+    diagnostics["generation"] = ctx.params["generation"]
+    diagnostics["sampling"] = ctx.cfg.generate.model_dump(include={"temperature", "top_k", "top_p", "max_new_tokens",
+                                                                   "min_new_tokens", "repetition_penalty", "prompt"})
+    return diagnostics
+
+
+def distinct_via_evaluate():
+    """distinct-1/2/3 through the shipped `distinct_n` evaluate module (units joined by spaces)."""
+    from pipeline.metrics import load_metric
+
+    metric = load_metric("distinct_n")
+
+    def distinct(documents) -> dict[str, float | None]:
+        result = metric.compute(predictions=[" ".join(map(str, doc)) for doc in documents], max_n=3)
+        return {f"distinct_{n}": result[f"distinct_{n}"] for n in (1, 2, 3)}
+
+    return distinct
