@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("collapse: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `collapse status ... | head`
+        sys.stderr.close()
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     force = frozenset(_stage_list(args.force, "--force")) if args.force else frozenset()
     cfg, executor = _load(args)
+    _quiet_library_progress(disable_ours=args.no_progress)
     selected = stages or list(cfg.stages)
     executor.force = force
     units = [u for u in executor.planned if u.stage in selected]
@@ -139,6 +144,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         known = ", ".join(u.id for u in executor.planned.units(args.stage)) or "(none)"
         raise UserError(f"--unit {args.unit}: stage {args.stage} has no such unit; valid: {known}")
     executor.force = frozenset([args.stage]) if args.force else frozenset()
+    _quiet_library_progress(disable_ours=not sys.stderr.isatty())  # batch logs: no bars, the log lines carry progress
     dist = Distributed.from_env()
     if dist.is_main:
         _add_run_log(cfg.run_dir)
@@ -191,6 +197,17 @@ def save_resolved_config(cfg: Config) -> Path:
     text = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
     write_text_atomic(path, "# resolved config of this run (base: chains and --set applied)\n" + text)
     return path
+
+
+def _quiet_library_progress(disable_ours: bool) -> None:
+    """Library bars (weights loading, dataset maps) are noise next to ours; --no-progress silences all."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    if disable_ours:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads defaults from TQDM_* variables
 
 
 def _setup_console_logging(verbose: bool) -> None:

@@ -38,10 +38,10 @@ def _mean_by(rows, *keys):
 
 def loss_vs_budget(rows: list[dict], students_fit: dict, path: Path) -> Path:
     """Log-log test loss vs token budget, one line per fraction, fitted curve and plateau dashed."""
-    students = sorted({r["student"] for r in rows})
+    students = sorted({r["curve"] for r in rows})
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 4.2), squeeze=False)
     for ax, student in zip(axes[0], students):
-        student_rows = [r for r in rows if r["student"] == student]
+        student_rows = [r for r in rows if r["curve"] == student]
         means = _mean_by(student_rows, "synthetic_fraction", "token_budget")
         fit = students_fit.get(student, {}).get("curves", {})
         budgets = sorted({n for _, n in means})
@@ -51,10 +51,10 @@ def loss_vs_budget(rows: list[dict], students_fit: dict, path: Path) -> Path:
             ys = [means[(p, n)][0] for n in ns]
             errs = [means[(p, n)][1] for n in ns]
             ax.errorbar(ns, ys, yerr=errs, marker="o", color=_colour(p), label=f"p = {p:g}", capsize=3, lw=1.5)
-            per = fit.get("per_fraction", {}).get(str(float(p)))
-            if per and "alpha" in fit:
-                amplitude = per.get("A", fit.get("A"))
-                alpha = per.get("alpha", fit["alpha"])
+            per = {float(q): v for q, v in fit.get("per_fraction", {}).items()}.get(float(p))
+            amplitude = per and (per.get("A") or fit.get("A"))
+            alpha = per and (per.get("alpha") or fit.get("alpha"))
+            if per and amplitude is not None and alpha is not None:
                 ax.plot(grid, per["E"] + amplitude * grid ** (-alpha), ls="--", color=_colour(p), lw=1, alpha=0.8)
                 ax.axhline(per["E"], ls=":", color=_colour(p), lw=0.8, alpha=0.6)
         ax.set_xscale("log")
@@ -71,11 +71,11 @@ def plateau_vs_fraction(students_fit: dict, path: Path) -> Path:
     """Fitted plateau E_p (with bootstrap interval) vs p, against E_0 + c^2 p^2 (+ b p(1-p))."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for i, (student, fit) in enumerate(sorted(students_fit.items())):
-        per = fit["curves"]["per_fraction"]
-        ps = sorted(float(p) for p in per)
-        es = [per[str(p)]["E"] for p in ps]
-        lo = [per[str(p)].get("E_ci", [e, e])[0] for p, e in zip(ps, es)]
-        hi = [per[str(p)].get("E_ci", [e, e])[1] for p, e in zip(ps, es)]
+        per = {float(p): v for p, v in fit["curves"]["per_fraction"].items()}
+        ps = sorted(per)
+        es = [per[p]["E"] for p in ps]
+        lo = [(per[p].get("E_ci") or [e, e])[0] for p, e in zip(ps, es)]
+        hi = [(per[p].get("E_ci") or [e, e])[1] for p, e in zip(ps, es)]
         colour = plt.cm.tab10(i)
         ax.errorbar(ps, es, yerr=[np.subtract(es, lo), np.subtract(hi, es)], fmt="o", color=colour,
                     capsize=3, label=f"{student}: fitted E_p")

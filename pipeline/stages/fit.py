@@ -30,14 +30,27 @@ def plan(cfg, planned) -> list[Unit]:
     return [Unit(NAME, NAME, params, inputs + corpora)]
 
 
+def curve_label(row: dict, several_generations: bool) -> str:
+    """One fitted curve per student (and per synthetic generation when a run mixes several)."""
+    return f"{row['student']} gen{row.get('generation', 0)}" if several_generations else row["student"]
+
+
+def per_fraction(curves: dict) -> dict[float, dict]:
+    """The fit's per-fraction entries keyed by the fraction as a float."""
+    return {float(p): v for p, v in curves.get("per_fraction", {}).items()}
+
+
 def result_rows(ctx) -> list[dict[str, Any]]:
-    """One row per evaluate unit, from its manifest (the same rows as evaluate/results.jsonl)."""
+    """One row per evaluate unit, from its manifest (the rows of evaluate/results.jsonl), plus its curve label."""
     rows = []
     for key in ctx.unit.inputs:
         if key.startswith("evaluate/"):
             row = dict(ctx.manifest(key)["metrics"])
             row.setdefault("unit", key.split("/", 1)[1])
             rows.append(row)
+    several_generations = len({row.get("generation", 0) for row in rows}) > 1
+    for row in rows:
+        row["curve"] = curve_label(row, several_generations)
     return rows
 
 
@@ -46,7 +59,7 @@ def run(ctx) -> dict[str, Any]:
     rows = result_rows(ctx)
     by_student: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_student[row["student"]].append(row)
+        by_student[row["curve"]].append(row)
     students = {}
     for student, student_rows in sorted(by_student.items()):
         students[student] = fit_student(student_rows, params)
@@ -69,7 +82,7 @@ def run(ctx) -> dict[str, Any]:
 def fit_student(rows: list[dict], params: dict) -> dict[str, Any]:
     """Curves, plateaus, c^2 and the qualitative findings for one student's rows."""
     curves = fitting.fit_scaling_curves(rows, shared=params["shared_exponent"], bootstrap=params["bootstrap"])
-    plateaus = {float(p): v["E"] for p, v in curves["per_fraction"].items()}
+    plateaus = {p: v["E"] for p, v in per_fraction(curves).items()}
     quality = fitting.fit_synthetic_quality(plateaus) if 0.0 in plateaus and len(plateaus) >= 2 else {}
     return {"curves": curves, "quality": quality, "findings": findings(rows, curves),
             "parameters": rows[0].get("parameters"), "family": rows[0].get("family")}
@@ -91,7 +104,8 @@ def findings(rows: list[dict], curves: dict) -> dict[str, dict[str, Any]]:
     clean = [loss[(0.0, n)] for n in budgets if (0.0, n) in loss]
     largest = budgets[-1]
     at_largest = [loss[(p, largest)] for p in fractions if (p, largest) in loss]
-    plateau = [curves["per_fraction"][_key(p)]["E"] for p in fractions if _key(p) in curves["per_fraction"]]
+    fitted = per_fraction(curves)
+    plateau = [fitted[p]["E"] for p in fractions if p in fitted]
     return {
         "clean_loss_falls_with_budget": {
             "holds": len(clean) >= 2 and all(b < a for a, b in zip(clean, clean[1:])),
@@ -105,17 +119,14 @@ def findings(rows: list[dict], curves: dict) -> dict[str, dict[str, Any]]:
     }
 
 
-def _key(p: float) -> str:
-    return str(float(p))
-
-
 def _compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
     sized = {name: s for name, s in students.items() if s.get("parameters")}
     if len(sized) < 2:
         return {"compared": False, "why": "needs at least two student sizes"}
-    plateaus = {name: {float(p): v["E"] for p, v in s["curves"]["per_fraction"].items()} for name, s in sized.items()}
-    params = {name: s["parameters"] for name, s in sized.items()}
-    return fitting.compare_model_sizes(plateaus, params)
+    by_size = {s["parameters"]: {p: v["E"] for p, v in per_fraction(s["curves"]).items()} for s in sized.values()}
+    if len(by_size) < 2:
+        return {"compared": False, "why": "students differ in name but not in parameter count"}
+    return {"compared": True, **fitting.compare_model_sizes(by_size)}
 
 
 def _fit_tails(ctx) -> dict[str, Any]:
@@ -136,5 +147,6 @@ def _fit_tails(ctx) -> dict[str, Any]:
 
 def _one_line(student: dict) -> str:
     curves = student["curves"]
-    plateaus = ", ".join(f"E({p})={v['E']:.3f}" for p, v in curves["per_fraction"].items())
-    return f"alpha={curves['alpha']:.3f} {plateaus} c2={student['quality'].get('c2', float('nan')):.3f}"
+    plateaus = ", ".join(f"E({p:g})={v['E']:.3f}" for p, v in per_fraction(curves).items())
+    alpha = curves.get("alpha")
+    return f"alpha={alpha if alpha is None else round(alpha, 3)} {plateaus} c2={student['quality'].get('c2', float('nan')):.3f}"

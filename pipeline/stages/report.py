@@ -120,6 +120,10 @@ def render(ctx, fit: dict, rows: list[dict], diagnostics: dict, drawn: dict, the
     return "\n".join(lines)
 
 
+def _num(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "–"
+
+
 def _params(n: Any) -> str:
     return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
 
@@ -131,9 +135,10 @@ def _fit_section(fit: dict) -> list[str]:
         curves, quality = sfit["curves"], sfit.get("quality") or {}
         for p, per in sorted(curves["per_fraction"].items(), key=lambda kv: float(kv[0])):
             ci = per.get("E_ci") or [float("nan")] * 2
-            lines.append(f"| {student} | {float(p):g} | {per['E']:.4f} | [{ci[0]:.4f}, {ci[1]:.4f}] | "
-                         f"{curves.get('alpha', float('nan')):.3f} | {curves.get('A', float('nan')):.3g} | "
-                         f"{quality.get('c2', float('nan')):.4f} | {quality.get('r2', float('nan')):.3f} |")
+            alpha, amplitude = per.get("alpha", curves.get("alpha")), per.get("A", curves.get("A"))
+            lines.append(f"| {student} | {float(p):g} | {per['E']:.4f} | [{_num(ci[0])}, {_num(ci[1])}] | "
+                         f"{_num(alpha, '.3f')} | {_num(amplitude, '.3g')} | {_num(quality.get('c2'))} | "
+                         f"{_num(quality.get('r2'), '.3f')} |")
         if curves.get("warning"):
             lines.append(f"\n> {student}: {curves['warning']}\n")
     sizes = fit.get("model_sizes", {})
