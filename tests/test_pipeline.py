@@ -1,0 +1,82 @@
+"""The whole pipeline through the `collapse` CLI on tests/configs/tiny.yaml (~1 minute on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def collapse(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("pipeline")
+    proc = collapse("run", str(TINY), "--no-progress", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_every_stage_writes_its_outputs(finished_run):
+    cwd, proc = finished_run
+    run = cwd / "runs" / "tiny"
+    assert "units: 25 ran" in proc.stderr
+    for path in ["prepare/tokenizer", "prepare/test", "teacher/g0/model", "generate/g0/blocks",
+                 "generate/g0/diagnostics.json", "mix/g0-p0.5-n6000/manifest.json", "evaluate/results.jsonl",
+                 "fit/fit.json", "report/report.md", "report/figures/loss_vs_budget.png",
+                 "report/figures/plateau_vs_fraction.png", "report/figures/rank_frequency.png", "config.yaml",
+                 "logs/collapse.log"]:
+        assert (run / path).exists(), path
+    rows = [json.loads(line) for line in (run / "evaluate" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    required = {"student", "family", "parameters", "synthetic_fraction", "token_budget", "mix_mode", "generation",
+                "seed", "step", "loss", "ppl", "bpb"}
+    assert all(required <= set(row) for row in rows)
+    fit = json.loads((run / "fit" / "fit.json").read_text())
+    assert set(fit["students"]["gpt2-nano"]["curves"]["per_fraction"]) == {"0", "0.5", "1"}
+    report = (run / "report" / "report.md").read_text()
+    assert "## Outcome" in report and "![loss vs budget](figures/loss_vs_budget.png)" in report
+
+
+def test_rerunning_a_finished_run_does_no_work(finished_run):
+    cwd, _ = finished_run
+    manifest = cwd / "runs" / "tiny" / "train" / "gpt2-nano-g0-p1-n6000-s0" / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    proc = collapse("run", str(TINY), "--no-progress", cwd=cwd)
+    assert proc.returncode == 0
+    assert "units: 25 done" in proc.stderr
+    assert manifest.stat().st_mtime_ns == before
+
+
+def test_status_and_plan_show_every_stage(finished_run):
+    cwd, _ = finished_run
+    status = collapse("status", "runs/tiny", cwd=cwd)
+    assert status.returncode == 0, status.stderr
+    for stage in ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report"):
+        assert f"== {stage}: " in status.stdout
+    assert "== results (evaluate/results.jsonl)" in status.stdout
+    plan = collapse("plan", str(TINY), "--set", "train.lr=0.001", cwd=cwd)
+    assert plan.returncode == 0
+    assert "train: 6 units (0 done, 6 to run)" in plan.stdout, "changing lr makes every train unit pending"
+    assert "mix: 6 units (6 done, 0 to run)" in plan.stdout, "and nothing upstream of train"
+    assert "evaluate: 6 units (0 done, 6 to run)" in plan.stdout, "but everything downstream"
+
+
+def test_demo_config_plans_every_stage(tmp_path):
+    plan = collapse("plan", str(REPO / "configs" / "demo.yaml"), cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    for stage, count in [("prepare", 1), ("teacher", 1), ("generate", 5), ("mix", 8), ("train", 8),
+                         ("evaluate", 8), ("fit", 1), ("report", 1)]:
+        assert f"{stage}: {count} units (0 done, {count} to run)" in plan.stdout
+    assert not (tmp_path / "runs").exists(), "plan writes nothing"
