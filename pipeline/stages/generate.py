@@ -87,14 +87,24 @@ def load_teacher(model_dir: Path, device, trust_remote_code: bool):
     return model.to(device).eval(), tokenizer
 
 
-def run_shard(ctx) -> dict[str, Any]:
+def process_state():
+    """accelerate's process state: rank, world size, device (one plain process outside `accelerate launch`).
+
+    cpu=True without CUDA: otherwise a CPU-only `accelerate launch` worker sees no distributed backend.
+    """
+    import torch
     from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def run_shard(ctx) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     from pipeline.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
     from pipeline.stages import prepare
 
-    params, state = ctx.params, PartialState()
+    params, state = ctx.params, process_state()
     g, k = params["generation"], params["shard"]
     model, tokenizer = load_teacher(Path(ctx.inputs[f"teacher/g{g}"]) / "model", state.device,
                                     ctx.cfg.teacher.trust_remote_code)

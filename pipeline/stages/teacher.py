@@ -95,6 +95,8 @@ def run(ctx) -> dict[str, Any]:
         from pipeline.trainer import train_model
 
         train_blocks, val_blocks = training_data(ctx, tokenizer, run_tokenizer, block_size)
+        metrics["data"] = {"human": params["human"], "corpora": params["corpora"], "train_blocks": len(train_blocks),
+                           "validation_blocks": len(val_blocks)}
         metrics.update(train_model(model, train_blocks, val_blocks, _training_config(ctx), out, params["seed"],
                                    ctx.log, desc=f"teacher {ctx.unit.id}"))
     elif ctx.is_main_process:
@@ -135,9 +137,9 @@ def _resolve_once(ctx, spec: str, trust: bool) -> None:
 
     if ctx.is_main_process:
         resolve(spec, trust)
-    from accelerate import PartialState
+    from pipeline.stages.generate import process_state
 
-    PartialState().wait_for_everyone()
+    process_state().wait_for_everyone()
 
 
 def _training_config(ctx):
@@ -190,9 +192,9 @@ def _repacked(ctx, tokenizer, block_size: int, prepare_dir: Path, corpora: list[
     if ctx.is_main_process:
         pack_documents(train_docs, tokenizer, block_size, data / "train")
         pack_documents(validation_docs, tokenizer, block_size, data / "validation", keep_remainder=True)
-    from accelerate import PartialState
+    from pipeline.stages.generate import process_state
 
-    PartialState().wait_for_everyone()
+    process_state().wait_for_everyone()
     return load_blocks(data / "train", torch_format=False), load_blocks(data / "validation", torch_format=False)
 
 
