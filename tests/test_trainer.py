@@ -5,6 +5,7 @@ best checkpoint, early stopping, logs and the measured MFU peak. Runtime ~60 s o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -203,3 +204,32 @@ def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mfu, "measure_matmul_flops", no_measuring)
     assert mfu.peak_flops("cpu", torch.float32) == first
+
+
+def test_mkl_dispatch_fix_is_applied_before_torch_and_keeps_float32_results(tmp_path):
+    """In a fresh process (the fix only works before `import torch`): on AMD it is active and a matmul
+    agrees with the default kernels to float32 rounding; elsewhere it reports that it is not needed."""
+    script = (
+        "import sys, json; sys.path.insert(0, %r)\n"
+        "from pipeline.training.cpu_blas import enable_fast_mkl_on_amd, is_active\n"
+        "status = enable_fast_mkl_on_amd() if sys.argv[1] == 'fix' else 'off'\n"
+        "import torch\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "a, b = torch.randn(256, 512, generator=g), torch.randn(512, 384, generator=g)\n"
+        "torch.save(a @ b, sys.argv[2])\n"
+        "print(json.dumps({'status': status, 'active': is_active()}))\n" % str(ROOT))
+    runs = {}
+    for mode in ("fix", "off"):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        proc = subprocess.run([sys.executable, "-c", script, mode, str(tmp_path / f"{mode}.pt")], env=env,
+                              capture_output=True, text=True, check=True)
+        runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    from pipeline.training.cpu_blas import cpu_vendor
+
+    if cpu_vendor() == "AuthenticAMD":
+        assert runs["fix"] == {"status": "active", "active": True}
+    else:
+        assert runs["fix"]["status"].startswith("not needed") and not runs["fix"]["active"]
+    assert runs["off"]["active"] is False
+    fixed, default = torch.load(tmp_path / "fix.pt", weights_only=True), torch.load(tmp_path / "off.pt", weights_only=True)
+    torch.testing.assert_close(fixed, default, rtol=1e-5, atol=1e-4)

@@ -80,7 +80,7 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
     run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
            "total_steps": steps, "seed": seed}
     state = _fresh_state(run, world)
-    latest = checkpoints.latest()
+    latest = _from_main(accelerator, checkpoints.latest() if accelerator.is_main_process else None)
     if latest is not None:
         state = _resume(accelerator, latest, run, world, log)
         scheduler.load_state_dict(state["scheduler"])
@@ -132,6 +132,8 @@ class _Loop:
         self.checkpoints, self.train_log, self.micro = checkpoints, train_log, micro
         self.per_token, self.peak, self.out_dir = per_token, peak, out_dir
         self.tokens_per_step = training.batch_size * batches.block_size
+        self.last_checkpoint: int | None = None
+        self.last_grad_norm: torch.Tensor | None = None
 
     def run(self, steps: int, stop: StopFlag) -> None:
         training, state, accelerator = self.training, self.state, self.accelerator
@@ -188,9 +190,8 @@ class _Loop:
         row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state["tokens"],
                "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                "mfu": mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes)}
-        norm = getattr(self, "last_grad_norm", None)
-        if norm is not None:
-            row["grad_norm"] = float(norm)
+        if self.last_grad_norm is not None:
+            row["grad_norm"] = float(self.last_grad_norm)
         self.train_log.record(row)
 
     def _maybe_validate(self, done: int, steps: int) -> bool:
@@ -231,8 +232,9 @@ class _Loop:
         return flag
 
     def _checkpoint(self, done: int, window_start: float, window_steps: int) -> None:
-        if self.checkpoints.latest() == self.checkpoints.path(done):
+        if self.last_checkpoint == done:  # a signal right after a periodic checkpoint
             return
+        self.last_checkpoint = done
         state = self._state_for_disk()
         # Training time of the steps since the last log row belongs to the checkpointed run.
         state["train_seconds"] += time.perf_counter() - window_start if window_steps else 0.0
@@ -259,6 +261,15 @@ def _accelerator(precision: str):
     GradientState._reset_state()
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed, step_scheduler_with_optimizer=False)
     return accelerator, mixed
+
+
+def _from_main(accelerator, value):
+    """The main process's value in every process (one decision, even on a lagging shared filesystem)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def _is_fsdp(accelerator) -> bool:

@@ -1,9 +1,10 @@
 """Model FLOPs utilisation against a peak MEASURED on this machine, once, and cached.
 
 The peak is the best rate of a square matmul at the training dtype (what a transformer step mostly
-is), timed for about half a second on this device with this many CPU threads, and stored in
+is), the best of many repetitions over about 1.5 s on this device with this many CPU threads (the best,
+because other processes on a shared machine only ever slow a repetition down), and stored in
 `$XDG_CACHE_HOME/collapse-lab/peak_flops.json` (default ~/.cache) under a key of device name, dtype,
-torch version and thread count. No vendor table: a throttled laptop, a MIG slice or a CPU without
+torch version, thread count and, on CPU, which MKL kernels are in use (pipeline/training/cpu_blas.py). No vendor table: a throttled laptop, a MIG slice or a CPU without
 AVX-512 each get their own honest denominator.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 CPU_SIZE, GPU_SIZE = 1024, 8192
-MEASURE_SECONDS = 0.5
+MEASURE_SECONDS = 1.5
 
 
 def cache_file() -> Path:
@@ -37,7 +38,9 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{name} x{torch.get_num_threads()} threads"
+    from pipeline.training.cpu_blas import is_active
+
+    return f"{name} x{torch.get_num_threads()} threads" + (" mkl-by-features" if is_active() else "")
 
 
 def peak_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -58,7 +61,7 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best observed FLOP/s of an n x n matmul (n = 1024 on CPU, 8192 on GPU) over ~0.5 s."""
+    """Best observed FLOP/s of an n x n matmul (n = 1024 on CPU, 8192 on GPU) over ~1.5 s."""
     n = GPU_SIZE if device.type == "cuda" else CPU_SIZE
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
