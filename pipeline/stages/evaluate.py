@@ -56,8 +56,11 @@ def run(ctx) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _load_model(Path(ctx.inputs[keys["train"]]) / "model", train_manifest["params"], device)
     metric = load_metric("summed_nll_perplexity")
+    precision = ctx.params["precision"]
+    if precision == "auto":  # bf16 on a GPU, fp32 on a CPU (as in training)
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     settings = dict(window=int(prepare["block_size"]), eos_id=int(tokenizer.eos_token_id), byte_lengths=byte_lengths,
-                    batch_size=ctx.cfg.evaluate.batch_size, device=device, precision=ctx.params["precision"],
+                    batch_size=ctx.cfg.evaluate.batch_size, device=device, precision=precision,
                     metric=metric, progress=ctx.is_main_process)
 
     test = evaluate_stream(model, token_stream(load_blocks(prepare_dir / "test", torch_format=False)),

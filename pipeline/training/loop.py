@@ -34,24 +34,26 @@ from pipeline.training.signals import Preempted, StopFlag
 
 
 def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed: int,
-                log: logging.Logger | None = None, *, desc: str = "train") -> dict[str, Any]:
+                log: logging.Logger | None = None, *, desc: str = "train",
+                delete_checkpoints: bool = True) -> dict[str, Any]:
     """Train `model` on fixed-length `input_ids` blocks; save the final model to out_dir/"model".
 
     Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
     `val_dataset` token stream (every token, see pipeline/evaluation.py), keeps the best model by
     validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
     when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is merged in place when the final model is saved:
-    afterwards `model` holds the merged weights. Returns JSON-able metrics (losses and counts agree across processes;
+    afterwards `model` holds the merged weights. Checkpoints are deleted once the final model is saved
+    unless `delete_checkpoints=False`. Returns JSON-able metrics (losses and counts agree across processes;
     timings are each process's own).
     """
     # Handlers first: a SIGTERM/SIGUSR1 during setup is honoured at the first step boundary.
     with StopFlag() as stop:
         return _train(model, train_dataset, val_dataset, training, Path(out_dir), seed,
-                      log or logging.getLogger("collapse"), desc, stop)
+                      log or logging.getLogger("collapse"), desc, stop, delete_checkpoints)
 
 
 def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int, log: logging.Logger,
-           desc: str, stop: StopFlag) -> dict[str, Any]:
+           desc: str, stop: StopFlag, delete_checkpoints: bool) -> dict[str, Any]:
     started = time.time()
     accelerator, mixed = _accelerator(training.precision)
     _tune_cpu_allocator(accelerator.device)
@@ -103,7 +105,7 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
         load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))  # the best validation's weights
         model_step = state["best_step"]
     save_final_model(accelerator, model, out_dir / "model")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and delete_checkpoints:
         checkpoints.delete_all()
     accelerator.wait_for_everyone()
     tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else None
