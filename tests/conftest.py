@@ -23,7 +23,7 @@ import pytest
 SBIN = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel")
 CONF_TEMPLATE = Path(__file__).parent / "slurm" / "slurm.conf.in"
-MAX_ARRAY_SIZE = 4  # small, so that a test sees a wave split into several arrays
+MAX_ARRAY_SIZE = 2  # small, so that a test sees a wave split into several arrays
 
 
 def _why_no_slurm() -> str | None:
