@@ -81,7 +81,7 @@ def _stop(pid_files: list[Path]) -> None:
 
 
 def _nodes_idle(env: dict) -> bool:
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False, capture_output=True, text=True, env=env).stdout
     states = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
     return states.get("node1") == "idle" and states.get("node2") == "idle"
 
@@ -118,9 +118,9 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = str(conf)
         yield {"conf": conf, "state": state, "env": env}
     finally:
-        ids = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, env=env).stdout.split()
+        ids = subprocess.run(["squeue", "-h", "-o", "%A"], check=False, capture_output=True, text=True, env=env).stdout.split()
         if ids:
-            subprocess.run(["scancel", *sorted(set(ids))], env=env, capture_output=True)
+            subprocess.run(["scancel", *sorted(set(ids))], check=False, env=env, capture_output=True)
             time.sleep(1)
         _stop(pid_files)
         if old_conf is None:

@@ -89,7 +89,18 @@ def plan_arrays(units: list[Unit], queued: dict[str, str], max_array_size: int) 
             arrays.append(ArrayJob(name, wave[1], part, after_arrays={array_of[k] for k in inputs if k in array_of},
                                    after_tasks={queued[k] for k in inputs if k in queued}))
             array_of.update({unit.key: name for unit in part})
+    _drop_implied_dependencies(arrays)
     return arrays
+
+
+def _drop_implied_dependencies(arrays: list[ArrayJob]) -> None:
+    """Keep only the arrays an array waits for directly: afterok:TEACHER, not afterok:PREPARE:TEACHER when
+    the teacher array already waits for prepare. Same semantics, shorter and readable dependency lines."""
+    upstream: dict[str, set[str]] = {}  # array -> every array it waits for, directly or not
+    for array in arrays:  # in submission order: dependencies come first
+        upstream[array.name] = set(array.after_arrays).union(*(upstream[d] for d in array.after_arrays))
+        implied = set().union(*(upstream[d] for d in array.after_arrays))
+        array.after_arrays -= implied
 
 
 def units_to_submit(executor: Executor, stages: list[str], queued: dict[str, str]) -> list[Unit]:
@@ -219,7 +230,7 @@ def _sbatch_all(cfg: Config, arrays: list[ArrayJob], directory: Path) -> None:
     for array in arrays:
         dependency = array.dependency(job_ids)
         try:
-            proc = subprocess.run(_sbatch_command(array, dependency), capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(_sbatch_command(array, dependency), check=False, capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
             raise UserError("sbatch not found: run `collapse submit` on a Slurm login node (or use --dry-run)") from None
         if proc.returncode != 0:
@@ -233,7 +244,7 @@ def _sbatch_all(cfg: Config, arrays: list[ArrayJob], directory: Path) -> None:
             "log": str(cfg.run_dir.resolve() / "logs" / "slurm" / f"{array.name}.%A_%a.out"),
         })
         write_json_atomic(jobs_file(cfg), jobs)
-        print(f"  {array.name:<22} {len(array.units):>5} units  job {array.job_id}"
+        print(f"  {array.name:<22} {_count(array.units, 'unit'):>11}  job {array.job_id}"
               + (f"  after {dependency.removeprefix('afterok:')}" if dependency else ""))
     print(f"collapse submit: {len(arrays)} job arrays, {sum(len(a.units) for a in arrays)} units; "
           f"scripts in {directory}; follow with `collapse status {cfg.run_dir}`")
@@ -247,11 +258,15 @@ def _print_dry_run(cfg: Config, arrays: list[ArrayJob], directory: Path, queued:
         dependency = f"afterok:{':'.join(targets)}" if targets else None
         command = " ".join(shlex.quote(part) if not part.startswith("--dependency") else f'"{part}"'
                            for part in _sbatch_command(array, dependency))
-        lines.append(f"{_var(array.name)}=$({command})   # {len(array.units)} {array.stage} units")
+        lines.append(f"{_var(array.name)}=$({command})   # {_count(array.units, array.stage + ' unit')}")
     write_text_atomic(directory / "submit.sh", "\n".join(lines) + "\n")
     print("\n".join(lines[3:]))
     print(f"collapse submit --dry-run: {len(arrays)} job arrays, {sum(len(a.units) for a in arrays)} units"
           + (f" ({queued} still queued, not resubmitted)" if queued else "") + f"; nothing submitted. Scripts: {directory}")
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _var(name: str) -> str:

@@ -39,7 +39,7 @@ def _run(cmd: list[str], timeout: float = 30) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout if proc.returncode == 0 else None
@@ -85,8 +85,11 @@ def squeue_states(job_ids: list[str]) -> dict[TaskKey, TaskState]:
 def sacct_states(job_ids: list[str]) -> dict[TaskKey, TaskState] | None:
     """None when accounting is disabled (sacct then fails): the caller falls back to scontrol."""
     out = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode,Reason"])
-    if out is None:
-        return None
+    return None if out is None else parse_sacct(out)
+
+
+def parse_sacct(out: str) -> dict[TaskKey, TaskState]:
+    """`sacct -n -P -X -o JobID,State,ExitCode,Reason` lines: "12_3|FAILED|1:0|None", "12_[4-7]|PENDING|..."."""
     states: dict[TaskKey, TaskState] = {}
     for line in out.splitlines():
         job, state, exit_code, reason = (line.split("|") + ["", "", ""])[:4]
