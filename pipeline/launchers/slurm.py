@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -165,6 +166,8 @@ def queued_units(cfg: Config) -> dict[str, str]:
 def submit(cfg: Config, executor: Executor, selected_stages: list[str], resolved_config_path: Path,
            dry_run: bool = False, entry: list[str] | None = None) -> int:
     """Render and submit (or with dry_run only render) the arrays of the pending units. Returns 0."""
+    if not dry_run and shutil.which("sbatch") is None:
+        raise UserError("sbatch not found: run `collapse submit` on a Slurm login node (or add --dry-run)")
     queued = queued_units(cfg)
     todo = units_to_submit(executor, selected_stages, queued)
     if not todo:
@@ -229,14 +232,12 @@ def _sbatch_all(cfg: Config, arrays: list[ArrayJob], directory: Path) -> None:
     job_ids: dict[str, str] = {}
     for array in arrays:
         dependency = array.dependency(job_ids)
-        try:
-            proc = subprocess.run(_sbatch_command(array, dependency), check=False, capture_output=True, text=True, timeout=120)
-        except FileNotFoundError:
-            raise UserError("sbatch not found: run `collapse submit` on a Slurm login node (or use --dry-run)") from None
+        proc = subprocess.run(_sbatch_command(array, dependency), check=False, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            done = ", ".join(f"{a.name}={a.job_id}" for a in arrays if a.job_id) or "none"
-            raise UserError(f"sbatch {array.script} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-                            f" (submitted before it: {done}; they stay queued, recorded in {jobs_file(cfg)})")
+            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+            done = ", ".join(f"{a.name}={a.job_id}" for a in arrays if a.job_id)
+            raise UserError(f"sbatch {array.script} failed: {reason}" + (
+                f" (submitted before it and still queued: {done}; recorded in {jobs_file(cfg)})" if done else ""))
         array.job_id = job_ids[array.name] = proc.stdout.strip().split(";")[0]
         record["arrays"].append({
             "name": array.name, "stage": array.stage, "job_id": array.job_id, "units": [u.id for u in array.units],
