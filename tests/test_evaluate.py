@@ -171,3 +171,10 @@ def test_train_and_evaluate_stages_through_the_runner(tmp_path):
         assert row["excess_loss"] == pytest.approx(row["loss"] - prepare_metrics["reference"]["test"]["nats_per_token"])
         assert row["excess_loss"] > 0, "no model beats the true entropy of the language"
         assert row["synthetic_loss"] > 0 and row["synthetic_tokens"] > 0
+
+    stale = run_dir / "evaluate" / "gpt2-nano-g0-p0.5-n999-s0"  # left by an earlier grid of this run name
+    stale.mkdir()
+    (stale / "manifest.json").write_text(json.dumps({"metrics": {**rows[0], "token_budget": 999}}))
+    evaluate.summarize(run_dir, cfg)
+    again = [json.loads(line) for line in (run_dir / "evaluate" / "results.jsonl").read_text().splitlines()]
+    assert again == rows, "results.jsonl lists only this config's units"

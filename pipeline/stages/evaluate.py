@@ -111,11 +111,23 @@ def _identity(unit_id: str, train_manifest: dict[str, Any], mix_manifest: dict[s
     }
 
 
+def planned_ids(cfg) -> set[str]:
+    """Evaluate unit ids of this config (student x mixture x seed), without planning the other stages."""
+    from pipeline.stages import mix, train
+
+    return {train.unit_id(student.label, mix_unit.id, seed) for student in cfg.train.students
+            for mix_unit in mix.plan(cfg, None) for seed in cfg.train.seeds}
+
+
 def summarize(run_dir: Path, cfg) -> None:
-    """runs/NAME/evaluate/results.jsonl: one row per finished evaluate unit, rewritten atomically."""
+    """runs/NAME/evaluate/results.jsonl: one row per finished evaluate unit of this config, rewritten
+    atomically (units left in the directory by an earlier grid of the same run name are not listed)."""
     stage_dir = Path(run_dir) / NAME
+    wanted = planned_ids(cfg) if cfg is not None else None
     rows = []
     for manifest_path in sorted(stage_dir.glob("*/manifest.json")):
+        if wanted is not None and manifest_path.parent.name not in wanted:
+            continue
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):  # a unit being replaced right now; the next summary has it
