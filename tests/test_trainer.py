@@ -204,6 +204,11 @@ def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mfu, "measure_matmul_flops", no_measuring)
     assert mfu.peak_flops("cpu", torch.float32) == first
+    # A run faster than the cached peak measures again; the cache keeps the larger value.
+    monkeypatch.setattr(mfu, "measure_matmul_flops", lambda device, dtype: first / 2)
+    assert mfu.remeasure_peak("cpu", torch.float32) == first
+    monkeypatch.setattr(mfu, "measure_matmul_flops", lambda device, dtype: first * 2)
+    assert mfu.remeasure_peak("cpu", torch.float32) == mfu.peak_flops("cpu", torch.float32) == first * 2
 
 
 def test_mkl_dispatch_fix_is_applied_before_torch_and_keeps_float32_results(tmp_path):

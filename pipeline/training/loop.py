@@ -28,7 +28,7 @@ from pipeline.training.checkpoint import Checkpoints, load_snapshot, replace_dir
 from pipeline.training.data import BlockBatches, blocks_tensor, micro_batches, total_steps
 from pipeline.training.logs import TrainLog
 from pipeline.training.loss import causal_lm_loss
-from pipeline.training.mfu import mfu, peak_flops
+from pipeline.training.mfu import mfu, peak_flops, remeasure_peak
 from pipeline.training.optim import compute_dtype, make_optimizer, make_scheduler, resolve_precision
 from pipeline.training.signals import Preempted, StopFlag
 
@@ -99,6 +99,7 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
         ctx.run(steps, stop)
     finally:
         ctx.train_log.close()
+    peak = ctx.peak
 
     model_step = state["step"]
     if training.keep_best and state["best_step"] is not None and state["best_step"] != state["step"]:
@@ -136,6 +137,7 @@ class _Loop:
         self.tokens_per_step = training.batch_size * batches.block_size
         self.last_checkpoint: int | None = None
         self.last_grad_norm: torch.Tensor | None = None
+        self.peak_checked = False
 
     def run(self, steps: int, stop: StopFlag) -> None:
         training, state, accelerator = self.training, self.state, self.accelerator
@@ -189,6 +191,10 @@ class _Loop:
     def _log_train(self, done: int, running: torch.Tensor, window_steps: int, elapsed: float) -> None:
         mean_loss = self.accelerator.reduce(running / window_steps, reduction="mean")
         tokens_per_s = window_steps * self.tokens_per_step / max(elapsed, 1e-9)
+        if not self.peak_checked and mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes) > 1.0:
+            # Faster than the cached "peak": it was measured under load. Once per run (outside the timing).
+            self.peak = remeasure_peak(self.accelerator.device, compute_dtype(self.accelerator.mixed_precision))
+            self.peak_checked = True
         row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state["tokens"],
                "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                "mfu": mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes)}
