@@ -90,6 +90,10 @@ def build_model(model_cfg, vocab_size: int, block_size: int, bos_token_id: int |
     if model_cfg.pretrained:
         model = load_pretrained(model_cfg.pretrained, trust_remote_code=model_cfg.trust_remote_code)
         check_vocab(vocab_size, model, key=f"model {model_cfg.label}")
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if context is not None and block_size > context:
+            raise UserError(f"packing.block_size: {block_size} tokens exceed the context of {model_cfg.pretrained} "
+                            f"({context}); use a block_size <= {context}")
         if model_cfg.finetune == "lora":
             model = apply_lora(model, model_cfg.lora)
         return model

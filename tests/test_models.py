@@ -70,6 +70,8 @@ def test_pretrained_loads_and_checks_the_vocabulary(tmp_path):
     check_vocab(250, loaded)  # fewer tokenizer ids than embedding rows: fine
     with pytest.raises(UserError, match="tokenizer has 301 tokens but the model's embedding has 300 rows"):
         build_model(ModelConfig(pretrained=str(tmp_path / "ckpt")), 301, 32)
+    with pytest.raises(UserError, match="packing.block_size: 64 tokens exceed the context"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "ckpt")), 300, 64)
     with pytest.raises(UserError, match="pretrained: .* is not a loadable causal LM"):
         load_pretrained(str(tmp_path / "missing"))
 
