@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ class TrainLog:
             self._writer = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_step or None)
         except ImportError:  # tensorboard is a declared dependency; a missing one costs only the curves
             self._writer = None
+        # In a log file (Slurm, launcher logs) a redraw every second would flood it: every 30 s there.
+        interactive = sys.stderr.isatty()
         self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
-                         mininterval=1.0)
+                         mininterval=1.0 if interactive else 30.0)
 
     def step(self) -> None:
         if self._bar is not None:
