@@ -263,6 +263,7 @@ class SampleResult:
     computed_tokens: int = 0  # rows x generated columns, all processes: kept + EOS + padding after early stops
     sequences: int = 0  # sequences sampled (including empty and surplus ones)
     batch_size: int = 0
+    rows: list[int] = field(default_factory=list)  # rows of each generate call (this process)
     seconds: float = 0.0
 
     @property
@@ -312,6 +313,7 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
         rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
                                    settings.max_new_tokens)
         first = result.sequences + rank * rows
+        result.rows.append(rows)
         indices = np.arange(first, first + rows, dtype=np.uint64)
         batch_prompts = prompts.prompts(indices)
         input_ids, attention_mask = left_pad(batch_prompts, pad_id)

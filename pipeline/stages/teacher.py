@@ -4,7 +4,7 @@ runs/NAME/teacher/gG/:
   model/      plain transformers checkpoint (safetensors, LoRA merged) + its tokenizer: what generate loads
   log.jsonl, tb/, checkpoints (while running)   when the teacher trains (the shared loop, pipeline/trainer.py)
 Manifest metrics: how it was made, the trainer's metrics, and `test` = its loss / perplexity / bits per
-byte on the human test split (tokenised with the teacher's own tokenizer).
+byte on the human test split (tokenised with the teacher's own tokenizer; on a CPU capped, see below).
 
 init: scratch     `teacher.model` trained on the human train split (prepare's train/ blocks), as in the
                   Strong Model Collapse experiment.
@@ -28,6 +28,10 @@ from pipeline.runner import Unit
 NAME = "teacher"
 VERSION = 1
 PREPARE_KEY = "prepare/prepare"
+# The teacher's test loss is a diagnostic (students are what evaluate measures). On a CPU it uses the
+# first test tokens that fit in this many forward FLOPs (2 x parameters per token): every test token of
+# the 0.9M demo teacher, ~7k for SmolLM2-135M (seconds, not minutes). On a GPU: every test token.
+TEACHER_TEST_CPU_FLOPS = 2e12
 
 
 def corpus_key(generation: int) -> str:
@@ -199,7 +203,7 @@ def _repacked(ctx, tokenizer, block_size: int, prepare_dir: Path, corpora: list[
 
 
 def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict[str, Any]:
-    """The teacher's loss / perplexity / bits per byte on every token of the human test documents."""
+    """The teacher's loss / perplexity / bits per byte on the human test documents (see TEACHER_TEST_CPU_FLOPS)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -213,7 +217,12 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
                                                  trust_remote_code=ctx.cfg.teacher.trust_remote_code).to(device).eval()
     documents = prepare.documents(Path(ctx.inputs[PREPARE_KEY]), "test")
     ids = concatenated_ids(tokenize_documents(list(documents), tokenizer)).astype("int64")
+    if device.type == "cpu":
+        limit = max(block_size, int(TEACHER_TEST_CPU_FLOPS / (2 * sum(p.numel() for p in model.parameters()))))
+        capped, ids = len(ids) > limit, ids[:limit]
+    else:
+        capped = False
     result = evaluate_stream(model, ids, window=block_size, eos_id=tokenizer.eos_token_id,
                              byte_lengths=token_byte_lengths(tokenizer), batch_size=ctx.cfg.evaluate.batch_size,
                              device=device, progress=True, desc=f"teacher {ctx.unit.id} test")
-    return {k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}
+    return {**{k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}, "capped": capped}
