@@ -233,7 +233,7 @@ def _summarize_outcomes(cfg: Config, outcomes: list) -> int:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     log.info("units: %s", ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     report = cfg.run_dir / "report" / "report.md"
-    if report.is_file():
+    if any(o.unit.stage == "report" and o.status in ("done", "ran") for o in outcomes):
         log.info("report: %s", report)
     bad = [o for o in outcomes if o.status in ("failed", "skipped", "locked")]
     for outcome in bad:

@@ -282,6 +282,7 @@ class SlurmConfig(SlurmResources):
     stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict, description="Per-stage overrides of the fields above.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load, venv activate).")
     max_array_size: int | None = Field(None, ge=1, description="Split arrays above this size; default: the cluster's MaxArraySize.")
+    accelerate_config: str | None = Field(None, description="accelerate config file for GPU units (e.g. configs/accelerate/fsdp.yaml); default: plain data parallel.")
     signal_seconds: int = Field(120, ge=10, description="Send USR1 this long before the time limit: checkpoint and requeue.")
     requeue: bool = Field(True, description="Requeue on preemption / time limit (resumes from the checkpoint).")
 

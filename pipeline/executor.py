@@ -101,7 +101,9 @@ class Executor:
             if dist.is_main:
                 self._finalize(unit, fp, work, metrics, started)
         except BaseException as exc:
-            if dist.is_main and not isinstance(exc, KeyboardInterrupt):
+            if _is_interruption(exc):  # checkpointed on SIGTERM/SIGUSR1 or Ctrl-C: resumable, not failed
+                unit_log.info("interrupted (%s); re-running the unit resumes it", exc or type(exc).__name__)
+            elif dist.is_main:
                 _record_failure(rd, unit, fp, exc)
             raise
         finally:
@@ -149,6 +151,13 @@ def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
     os.rename(work, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+EXIT_REQUEUE = 75  # the trainer's "checkpointed, requeue me" exit (pipeline/training/signals.py)
+
+
+def _is_interruption(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == EXIT_REQUEUE)
 
 
 def _record_failure(rd: RunDir, unit: Unit, fp: str, exc: BaseException) -> None:

@@ -83,8 +83,9 @@ def plateau_vs_fraction(students_fit: dict, path: Path) -> Path:
         if "c2" in quality and 0.0 in ps:
             grid = np.linspace(0, max(ps), 100)
             theory = es[ps.index(0.0)] + quality["c2"] * grid**2 + quality.get("b", 0.0) * grid * (1 - grid)
+            r2 = quality.get("r2")
             ax.plot(grid, theory, color=colour, lw=1.2,
-                    label=f"theory E_0 + c²p² + b·p(1−p): c²={quality['c2']:.3g}, R²={quality.get('r2', float('nan')):.2f}")
+                    label=f"theory E_0 + c²p² + b·p(1−p): c²={quality['c2']:.3g}" + (f", R²={r2:.2f}" if r2 is not None else ""))
     ax.set_xlabel("synthetic fraction p")
     ax.set_ylabel("plateau E_p (nats/token)")
     ax.set_title("Strong collapse: the plateau grows with p", fontsize=10)

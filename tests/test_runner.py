@@ -208,3 +208,21 @@ def test_unit_lock_is_exclusive_within_and_across_handles(tmp_path):
             assert not second
     with unit_lock(path) as again:
         assert again
+
+
+def test_checkpoint_exit_is_an_interruption_not_a_failure(tmp_path):
+    """A unit that checkpointed on SIGUSR1/SIGTERM exits 75: resumable, so not recorded as failed."""
+    from types import SimpleNamespace
+
+    def run_preempted(ctx):
+        raise SystemExit(75)
+
+    stages = dict(STAGES)
+    stages["prepare"] = SimpleNamespace(NAME="prepare", VERSION=1, plan=STAGES["prepare"].plan, run=run_preempted)
+    cfg = load_config(write_config(tmp_path))
+    executor = Executor(cfg=cfg, stages=stages, planned=plan_run(cfg, stages))
+    unit = executor.planned.get("prepare/prepare")
+    with pytest.raises(SystemExit):
+        executor.execute(unit)
+    assert executor.state(unit) == "pending"
+    assert RunDir(cfg.run_dir).failed(unit) is None

@@ -172,6 +172,16 @@ def test_dry_run_renders_scripts_and_submits_nothing(tmp_path):
     units = (slurm_dir / "dry-run" / "01-mix.units").read_text().split()
     assert units == [u.id for u in toy_executor(config).planned.units("mix")]
     assert '--dependency=afterok:$JOB_01_mix' in out and "nothing submitted" in out
+    assert "ACCELERATE_CONFIG=''" in train, "no accelerate config: plain data parallel"
+
+
+def test_dry_run_passes_an_accelerate_config_for_fsdp(tmp_path):
+    config = write_config(tmp_path, slurm={"accelerate_config": "configs/accelerate/fsdp.yaml",
+                                           "stages": {"train": {"gpus_per_node": 2}}})
+    toy("submit", str(config), "--dry-run")
+    train = (tmp_path / "runs" / "toy" / "slurm" / "dry-run" / "02-train.sbatch").read_text()
+    assert "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml" in train
+    assert "--config_file $ACCELERATE_CONFIG" in train
 
 
 def test_slurm_records_are_mapped_back_to_array_tasks(tmp_path):

@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 
 TEMPLATES = {"unit": "unit.sbatch", "accelerate": "accelerate.sbatch"}
 PLACEHOLDERS = ("sbatch_options", "setup", "python", "entry", "stage", "run_dir", "config", "units_file",
-                "requeue", "lock_poll_seconds", "device_env", "processes_per_node")
+                "requeue", "lock_poll_seconds", "device_env", "processes_per_node", "accelerate_config")
 _PLACEHOLDER = re.compile(r"(?<![$\\])\{(" + "|".join(PLACEHOLDERS) + r")\}")
 LOCK_POLL_SECONDS = 60  # how often a task whose unit is locked by another process asks again
 
@@ -118,5 +118,6 @@ def render_script(shape: TaskShape, *, options: list[str], slurm: SlurmConfig, p
         "lock_poll_seconds": str(LOCK_POLL_SECONDS),
         "device_env": device_env(shape),
         "processes_per_node": str(shape.processes_per_node),
+        "accelerate_config": shlex.quote(slurm.accelerate_config or ""),
     }
     return fill(template_path(shape.kind, search_dir).read_text(), values)
