@@ -17,7 +17,7 @@ ours / Trainer. Contenders:
 MFU is against this machine's measured float32 matmul peak with the fast kernels (the best the CPU
 can do), for every contender. The last output line is JSON.
 
-    python bench/train.py [--steps 120] [--rounds 3]
+    python bench/train.py [--steps 120] [--rounds 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def run_trainer(steps: int, out: Path) -> dict:
             "final_loss": clock.loss}
 
 
-def worker(kind: str, steps: int, result_file: Path) -> None:
+def worker(kind: str, steps: int, result_file: Path, threads: int | None) -> None:
     if kind in ("ours", "trainer-fast-mkl"):
         from pipeline.training.cpu_blas import enable_fast_mkl_on_amd
 
@@ -119,6 +119,8 @@ def worker(kind: str, steps: int, result_file: Path) -> None:
         status = "off"
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         result = (run_ours if kind == "ours" else run_trainer)(steps, Path(tmp))
     result.update(mkl_fix=status, threads=torch.get_num_threads())
@@ -128,13 +130,14 @@ def worker(kind: str, steps: int, result_file: Path) -> None:
 # ---------------------------------------------------------------- driver side
 
 
-def trial(name: str, steps: int) -> dict:
+def trial(name: str, steps: int, threads: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-result-") as tmp:
         result_file = Path(tmp) / "result.json"
         env = dict(os.environ)
         env.pop("LD_PRELOAD", None)  # each worker decides for itself
-        proc = subprocess.run([sys.executable, __file__, "--worker", WORKERS[name], "--steps", str(steps),
-                               "--result", str(result_file)], env=env, capture_output=True, text=True)
+        command = [sys.executable, __file__, "--worker", WORKERS[name], "--steps", str(steps), "--result", str(result_file)]
+        proc = subprocess.run(command + (["--threads", str(threads)] if threads else []), env=env,
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
         return json.loads(result_file.read_text())
@@ -144,17 +147,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every contender (default: torch's, one per core); 1 is far less "
+                             "sensitive to other processes on a shared machine")
     parser.add_argument("--worker", choices=sorted(WORKERS.values()), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.result)
+        worker(args.worker, args.steps, args.result, args.threads)
         return 0
 
     results: dict[str, list[dict]] = {name: [] for name in WORKERS}
     for round_index in range(args.rounds):
         for name in WORKERS:
-            results[name].append(trial(name, args.steps))
+            results[name].append(trial(name, args.steps, args.threads))
             print(f"round {round_index + 1}/{args.rounds} {name}: {results[name][-1]['tokens_per_s']:.0f} tokens/s",
                   file=sys.stderr)
     tps = {name: [r["tokens_per_s"] for r in runs] for name, runs in results.items()}
