@@ -299,7 +299,6 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
 
     device = next(model.parameters()).device
     generation_config = settings.generation_config(eos_id, pad_id)
-    model.generation_config = generation_config  # no checkpoint default (top_k=50, min_p, ...) may leak in
     sampler = InverseCdfSampler(settings)
     if batch_size is None:
         batch_size = auto_batch_size(model, prompts.max_length + settings.max_new_tokens, device)
@@ -308,26 +307,31 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
     sequence_keys = np.uint64(derive_seed(seed, 0x53455153))
     result = SampleResult(batch_size=batch_size)
     bar = tqdm(total=target_tokens, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True, leave=False)
+    # No checkpoint default (a generation_config.json with top_k=50, min_p, ...) may leak in; restored after.
+    original_config, model.generation_config = model.generation_config, generation_config
     started = time.perf_counter()
-    while result.kept_tokens < target_tokens:
-        rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
-                                   settings.max_new_tokens)
-        first = result.sequences + rank * rows
-        result.rows.append(rows)
-        indices = np.arange(first, first + rows, dtype=np.uint64)
-        batch_prompts = prompts.prompts(indices)
-        input_ids, attention_mask = left_pad(batch_prompts, pad_id)
-        sampler.start_batch(counter_hash(sequence_keys, indices), input_ids.shape[1])
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                generation_config=generation_config, logits_processor=LogitsProcessorList([sampler]))
-        new_tokens = output[:, input_ids.shape[1]:].cpu()
-        chunk = (batch_prompts, cut_at_eos(new_tokens, eos_id), new_tokens.numel())
-        chunks = gather([chunk]) if world > 1 else [chunk]
-        result.sequences += rows * world
-        before = result.kept_tokens
-        _accept(result, chunks, target_tokens)
-        bar.update(min(result.kept_tokens, target_tokens) - min(before, target_tokens))
-    bar.close()
+    try:
+        while result.kept_tokens < target_tokens:
+            rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
+                                       settings.max_new_tokens)
+            first = result.sequences + rank * rows
+            result.rows.append(rows)
+            indices = np.arange(first, first + rows, dtype=np.uint64)
+            batch_prompts = prompts.prompts(indices)
+            input_ids, attention_mask = left_pad(batch_prompts, pad_id)
+            sampler.start_batch(counter_hash(sequence_keys, indices), input_ids.shape[1])
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    generation_config=generation_config, logits_processor=LogitsProcessorList([sampler]))
+            new_tokens = output[:, input_ids.shape[1]:].cpu()
+            chunk = (batch_prompts, cut_at_eos(new_tokens, eos_id), new_tokens.numel())
+            chunks = gather([chunk]) if world > 1 else [chunk]
+            result.sequences += rows * world
+            before = result.kept_tokens
+            _accept(result, chunks, target_tokens)
+            bar.update(min(result.kept_tokens, target_tokens) - min(before, target_tokens))
+    finally:
+        model.generation_config = original_config
+        bar.close()
     result.seconds = time.perf_counter() - started
     return result
 

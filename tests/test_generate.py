@@ -112,6 +112,7 @@ def test_a_checkpoint_default_of_top_k_50_does_not_leak_in(p):
     model = unigram_model(p)
     model.generation_config = GenerationConfig(do_sample=True, top_k=50, top_p=0.5, temperature=0.3)
     assert np.count_nonzero(token_counts(sample(model))) > 150  # all 199 non-EOS ids are likely
+    assert model.generation_config.top_k == 50, "the model's own config is back after sampling"
 
 
 def test_min_and_max_new_tokens_bound_every_document(model):
