@@ -1,6 +1,7 @@
 """The teacher stage: generations (replace / accumulate), pretrained teachers (LoRA, own tokenizer), GGUF.
 
-Runtime: ~60 s on 2 CPU cores; the SmolLM2 GGUF test (marked slow) adds ~40 s.
+Runtime on 2 CPU cores shared with other jobs (load average ~4): ~3 min; the SmolLM2 GGUF test (marked
+slow: conversion + load) adds ~1 min.
 """
 
 from __future__ import annotations
