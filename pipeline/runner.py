@@ -20,13 +20,15 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pipeline.config import STAGES, Config
 
@@ -212,6 +214,24 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_dir_atomic(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` into a temporary sibling directory, then rename it over `out_dir`.
+
+    Readers see the old directory or the new one, never a half-written one; a failure leaves nothing.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -9,14 +9,12 @@ the concatenation and cutting work on the Arrow buffers directly (no Python list
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.runner import write_dir_atomic
 
 
 def _tokenize_batch(batch: dict, backend, eos_id: int) -> dict:
@@ -115,17 +113,7 @@ def pack_documents(texts: list[str], tokenizer, block_size: int, out_dir: str | 
 
 def save_dataset(dataset, out_dir: Path) -> None:
     """`save_to_disk` under a temporary sibling name, then rename: a half-written dataset never exists."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        dataset.save_to_disk(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomic(Path(out_dir), lambda tmp: dataset.save_to_disk(str(tmp)))
 
 
 def load_blocks(path: str | Path, *, torch_format: bool = True):

@@ -6,10 +6,7 @@ token ids it equals the text's UTF-8 length, whatever the vocabulary.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.runner import write_dir_atomic
 
 EOS_TOKEN = "<|endoftext|>"
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece byte tokens
@@ -63,16 +61,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
 
 def save_tokenizer(tokenizer, out_dir: Path) -> None:
     """`save_pretrained` into a temporary sibling directory, then rename it to `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        tokenizer.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomic(Path(out_dir), lambda tmp: tokenizer.save_pretrained(str(tmp)))
 
 
 def load_tokenizer(path: str | Path):
