@@ -27,8 +27,12 @@ log = logging.getLogger("collapse")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.training.cpu_blas import enable_fast_mkl_on_amd
+
+    fast_mkl = enable_fast_mkl_on_amd()  # before anything imports torch (see pipeline/training/cpu_blas.py)
     args = build_parser().parse_args(argv)
     _setup_console_logging(args.verbose)
+    log.debug("MKL feature dispatch: %s", fast_mkl)
     try:
         return args.func(args)
     except UserError as exc:
