@@ -195,9 +195,12 @@ class Distributed:
     def from_env(cls) -> "Distributed":
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls.single()
+        import torch
         from accelerate import PartialState
 
-        return cls(PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")))
+        # `accelerate launch` with a use_cpu config does not always export ACCELERATE_USE_CPU: no CUDA means CPU.
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+        return cls(PartialState(cpu=use_cpu))
 
     @property
     def is_main(self) -> bool:

@@ -80,3 +80,14 @@ def test_demo_config_plans_every_stage(tmp_path):
                          ("evaluate", 8), ("fit", 1), ("report", 1)]:
         assert f"{stage}: {count} units (0 done, {count} to run)" in plan.stdout
     assert not (tmp_path / "runs").exists(), "plan writes nothing"
+
+
+def test_accelerate_launcher_runs_training_units_in_two_processes(tmp_path):
+    """launcher: accelerate starts the teacher under `accelerate launch` (2 CPU processes): one unit, done once."""
+    proc = collapse("run", str(TINY), "--no-progress", "--stages", "prepare,teacher", "--set", "launcher=accelerate",
+                    "--set", f"accelerate_config={REPO / 'configs' / 'accelerate' / 'cpu2.yaml'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "units: 2 ran" in proc.stderr
+    log = (tmp_path / "runs" / "tiny" / "logs" / "teacher" / "g0.log").read_text()
+    assert "2 processes" in log, log[-2000:]
+    assert (tmp_path / "runs" / "tiny" / "teacher" / "g0" / "manifest.json").is_file()

@@ -109,7 +109,10 @@ def _make_tokenizer(spec: dict[str, Any], train_texts: list[str], out_dir: Path)
         return train_bpe_tokenizer(train_texts, spec["vocab_size"], out_dir)
     if not spec.get("path"):
         raise UserError("tokenizer.path: tokenizer.kind: pretrained needs tokenizer.path or teacher.pretrained")
-    tokenizer = load_pretrained_tokenizer(spec["path"], trust_remote_code=spec["trust_remote_code"])
+    from pipeline.pretrained import resolve  # gguf:... spellings become the converted checkpoint dir
+
+    path = resolve(spec["path"], trust_remote_code=spec["trust_remote_code"])
+    tokenizer = load_pretrained_tokenizer(path, trust_remote_code=spec["trust_remote_code"])
     save_tokenizer(tokenizer, out_dir)  # later stages read every tokenizer from the same place
     return tokenizer
 
