@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 
 def _colour(p: float):
@@ -59,6 +60,8 @@ def loss_vs_budget(rows: list[dict], students_fit: dict, path: Path) -> Path:
                 ax.axhline(per["E"], ls=":", color=_colour(p), lw=0.8, alpha=0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))  # losses, not powers of ten
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
         ax.set_xlabel("training tokens n")
         ax.set_ylabel("test loss on human text (nats/token)")
         ax.set_title(f"{student}: loss vs data (dashed: fit, dotted: plateau E_p)", fontsize=10)
