@@ -66,7 +66,8 @@ def _eigenbasis_mixture_risk(eigenvalues, w_squared, delta_diagonal, n, p2, ridg
     return RiskResult(bias=bias, variance=variance, synthetic=synthetic)
 
 
-def _check_mixture_arguments(eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var, synthetic_noise_var):
+def check_mixture_arguments(eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var, synthetic_noise_var):
+    """Validated arrays and numbers of a mixture problem (shared by the theory and its Monte Carlo)."""
     eigenvalues = check_spectrum(eigenvalues)
     d = eigenvalues.size
     w_star = check_vector(w_star, d, "w_star")
@@ -94,7 +95,7 @@ def mixture_ridge_risk(eigenvalues, w_star, delta, n, synthetic_fraction, ridge,
             rank Σ > n; rank Σ = n raises (infinite risk).
         noise_var, synthetic_noise_var: σ² and σ_s² (σ_s² defaults to σ²).
     """
-    eigenvalues, w_star, delta, n, p2, ridge, noise_var, synthetic_noise_var = _check_mixture_arguments(
+    eigenvalues, w_star, delta, n, p2, ridge, noise_var, synthetic_noise_var = check_mixture_arguments(
         eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var, synthetic_noise_var)
     delta_diagonal = delta if delta.ndim == 1 else np.diag(delta).copy()
     return _eigenbasis_mixture_risk(eigenvalues, w_star**2, delta_diagonal, n, p2, ridge, noise_var,
@@ -228,7 +229,7 @@ def random_projection_risk(eigenvalues, w_star, delta, n, m, synthetic_fraction,
     The approximation error A₁ is reported inside `bias`. With ridge → 0 the risk diverges at m = n; ridge = 0
     with m = n (or rank Σ_S = n) raises.
     """
-    eigenvalues, w_star, delta, n, p2, ridge, noise_var, synthetic_noise_var = _check_mixture_arguments(
+    eigenvalues, w_star, delta, n, p2, ridge, noise_var, synthetic_noise_var = check_mixture_arguments(
         eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var, synthetic_noise_var)
     m = check_count(m, "m")
     draws = check_count(draws, "draws")

@@ -20,12 +20,12 @@ import numpy as np
 from pipeline.theory._blas import single_blas_thread
 from pipeline.theory._spectral import (
     check_count,
-    check_covariance,
     check_real,
     check_spectrum,
     check_vector,
     make_generator,
 )
+from pipeline.theory.linear import check_mixture_arguments
 from pipeline.theory.tails import training_distribution, zipf_probabilities
 
 
@@ -94,16 +94,10 @@ def simulate_mixture_ridge(eigenvalues, w_star, delta, n, synthetic_fraction, ri
     With projection_size=m the model is f(x) = vᵀSx with a fresh S_ij ~ N(0, 1/d) per trial (random
     projections), and the error is ‖Sᵀv̂ − w*‖²_Σ.
     """
-    eigenvalues = check_spectrum(eigenvalues)
+    eigenvalues, w_star, delta, n, p2, ridge, noise_var, synthetic_noise_var = check_mixture_arguments(
+        eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var, synthetic_noise_var)
     d = eigenvalues.size
-    w_star = check_vector(w_star, d, "w_star")
-    delta_sqrt = _covariance_sqrt(check_covariance(delta, d))
-    n = check_count(n, "n")
-    p2 = check_real(synthetic_fraction, "synthetic_fraction", 0.0, 1.0)
-    ridge = check_real(ridge, "ridge", 0.0)
-    noise_var = check_real(noise_var, "noise_var", 0.0)
-    synthetic_noise_var = noise_var if synthetic_noise_var is None else check_real(
-        synthetic_noise_var, "synthetic_noise_var", 0.0)
+    delta_sqrt = _covariance_sqrt(delta)
     trials, sources = check_count(trials, "trials"), check_count(sources, "sources")
     n_synthetic = int(round(p2 * n))
     rng = make_generator(seed, stream=2)
