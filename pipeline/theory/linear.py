@@ -146,6 +146,17 @@ def _weighted_effective_trace(phi, fractions, weights):
     return float(np.exp(brentq(excess, -60.0, 60.0, xtol=1e-14, rtol=1e-14)))
 
 
+def check_weighted_arguments(synthetic_fraction, weight, c2, noise_var, synthetic_noise_var):
+    """Validated (p₂, a, c², σ², σ_s²) of a weighted mixture (shared by the theory and its Monte Carlo)."""
+    p2 = check_real(synthetic_fraction, "synthetic_fraction", 0.0, 1.0, low_open=True, high_open=True)
+    a = check_real(weight, "weight", 0.0, 1.0)
+    c2 = check_real(c2, "c2", 0.0)
+    noise_var = check_real(noise_var, "noise_var", 0.0)
+    synthetic_noise_var = noise_var if synthetic_noise_var is None else check_real(
+        synthetic_noise_var, "synthetic_noise_var", 0.0)
+    return p2, a, c2, noise_var, synthetic_noise_var
+
+
 def weighted_mixture_risk(phi, synthetic_fraction, weight, c2, noise_var=1.0, synthetic_noise_var=None,
                           form="proportional") -> float:
     """Risk of weighted mixing: sample weight (1 − a)/p₁ on real and a/p₂ on synthetic samples, λ → 0.
@@ -170,12 +181,8 @@ def weighted_mixture_risk(phi, synthetic_fraction, weight, c2, noise_var=1.0, sy
     fluctuation terms; any fixed a > 0 leaves the floor a²c².
     """
     phi = check_real(phi, "phi", 0.0, 1.0, low_open=True, high_open=True)
-    p2 = check_real(synthetic_fraction, "synthetic_fraction", 0.0, 1.0, low_open=True, high_open=True)
-    a = check_real(weight, "weight", 0.0, 1.0)
-    c2 = check_real(c2, "c2", 0.0)
-    noise_var = check_real(noise_var, "noise_var", 0.0)
-    synthetic_noise_var = noise_var if synthetic_noise_var is None else check_real(
-        synthetic_noise_var, "synthetic_noise_var", 0.0)
+    p2, a, c2, noise_var, synthetic_noise_var = check_weighted_arguments(
+        synthetic_fraction, weight, c2, noise_var, synthetic_noise_var)
     p1 = 1.0 - p2
     if form == "notes":
         return float(a**2 * c2 + phi * ((1 - a) ** 2 * noise_var / p1 + a**2 * synthetic_noise_var / p2))

@@ -20,12 +20,11 @@ import numpy as np
 from pipeline.theory._blas import single_blas_thread
 from pipeline.theory._spectral import (
     check_count,
-    check_real,
     check_spectrum,
     check_vector,
     make_generator,
 )
-from pipeline.theory.linear import check_mixture_arguments
+from pipeline.theory.linear import check_mixture_arguments, check_weighted_arguments
 from pipeline.theory.tails import training_distribution, zipf_probabilities
 
 
@@ -127,12 +126,8 @@ def simulate_weighted_mixture(d, n, synthetic_fraction, weight, c2, noise_var=1.
                               trials=200, sources=16, seed=0):
     """Monte Carlo of weighted least squares, weights (1 − a)/p₁ real and a/p₂ synthetic; Σ = I, Δ = (c²/d)I."""
     d, n = check_count(d, "d"), check_count(n, "n")
-    p2 = check_real(synthetic_fraction, "synthetic_fraction", 0.0, 1.0, low_open=True, high_open=True)
-    a = check_real(weight, "weight", 0.0, 1.0)
-    c2 = check_real(c2, "c2", 0.0)
-    noise_var = check_real(noise_var, "noise_var", 0.0)
-    synthetic_noise_var = noise_var if synthetic_noise_var is None else check_real(
-        synthetic_noise_var, "synthetic_noise_var", 0.0)
+    p2, a, c2, noise_var, synthetic_noise_var = check_weighted_arguments(
+        synthetic_fraction, weight, c2, noise_var, synthetic_noise_var)
     n_synthetic = int(round(p2 * n))
     p2 = n_synthetic / n
     sample_weight = np.r_[np.full(n - n_synthetic, (1 - a) / (1 - p2)), np.full(n_synthetic, a / p2)]
