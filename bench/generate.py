@@ -5,7 +5,7 @@ Model: the demo teacher's architecture (GPT-2 "tiny": 2 layers, width 128, ~0.9M
 steps with the shared training loop so that it ends documents with EOS like a real teacher (or any
 checkpoint directory with --model). Same sampling settings on both sides: temperature 1, top_k 0 (off),
 top_p 1, max_new_tokens 128, prompt = the EOS/BOS token alone.
-  ours      pipeline.sampling.sample_documents: batched generate (static KV cache, left padding,
+  ours      pipeline.lm.sampling.sample_documents: batched generate (static KV cache, left padding,
             inverse-CDF sampler, per-sequence EOS stop), batch size chosen from free memory.
   batched   plain model.generate(do_sample=True) on the same batches (what our sampler replaces).
   baseline  transformers.pipeline("text-generation") called one prompt at a time.
@@ -48,8 +48,8 @@ def demo_teacher(workdir: Path, steps: int):
     from pipeline.data.packing import load_blocks, pack_documents
     from pipeline.data.sources import load_documents
     from pipeline.data.tokenizer import train_bpe_tokenizer
-    from pipeline.models import build_model
-    from pipeline.trainer import train_model
+    from pipeline.lm.models import build_model
+    from pipeline.lm.training.loop import train_model
 
     docs = load_documents("builtin:wikipedia", min_chars=600)
     tokenizer = train_bpe_tokenizer(docs, 4096, workdir / "tokenizer")
@@ -75,7 +75,7 @@ def load(model_dir: Path):
 
 
 def ours(model, tokenizer, target: int):
-    from pipeline import sampling as S
+    from pipeline.lm import sampling as S
 
     result = S.sample_documents(model, S.SamplingSettings(max_new_tokens=MAX_NEW_TOKENS),
                                 S.PromptSampler(S.start_token_id(tokenizer)), target_tokens=target,
@@ -87,7 +87,7 @@ def batched_hf(model, tokenizer, rows: list[int]) -> tuple[int, float]:
     """Plain do_sample generate on the same batches (row counts) as ours."""
     import torch
 
-    from pipeline.sampling import cut_at_eos, start_token_id
+    from pipeline.lm.sampling import cut_at_eos, start_token_id
 
     eos = tokenizer.eos_token_id
     kept, started = 0, time.perf_counter()

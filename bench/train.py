@@ -8,8 +8,8 @@ interleaved so that load from other processes hits all alike. Throughput is toke
 loop (first step to last, setup excluded for both); `ratio` is the median over rounds of
 ours / Trainer. Contenders:
 
-  ours                  pipeline.trainer.train_model, started like the `collapse` entry point starts
-                        it: MKL dispatch fix on AMD CPUs first (pipeline/training/cpu_blas.py)
+  ours                  pipeline.lm.training.train_model, started like the `collapse` entry point starts
+                        it: MKL dispatch fix on AMD CPUs first (pipeline/orchestration/cpu_startup.py)
   Trainer               transformers.Trainer as a user runs it (its default fused AdamW)
   Trainer + MKL fix     Trainer with the same MKL fix, to show what the loop itself is worth
                         (`ratio_same_blas`)
@@ -61,7 +61,7 @@ def model():
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.lm.models import build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig(family="gpt2", size="tiny", dropout=0.0), VOCAB, BLOCK, 0, 0)
@@ -69,7 +69,7 @@ def model():
 
 def run_ours(steps: int, out: Path) -> dict:
     from pipeline.config import TrainingConfig
-    from pipeline.trainer import train_model
+    from pipeline.lm.training.loop import train_model
 
     training = TrainingConfig(epochs=1.0, batch_size=BATCH, lr=LR, warmup_fraction=0.05, min_lr_ratio=0.1,
                               weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
@@ -112,7 +112,7 @@ def run_trainer(steps: int, out: Path) -> dict:
 
 def worker(kind: str, steps: int, result_file: Path, threads: int | None) -> None:
     if kind in ("ours", "trainer-fast-mkl"):
-        from pipeline.training.cpu_blas import enable_fast_mkl_on_amd
+        from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd
 
         status = enable_fast_mkl_on_amd()  # before torch is imported, as the entry point does
     else:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.presets import PRESETS
+from pipeline.lm.presets import PRESETS
 
 STAGES = ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report")
 StageName = Literal["prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report"]
@@ -105,7 +105,7 @@ class ModelConfig(Section):
 
     name: str | None = Field(None, description="Label in unit ids and tables; default: FAMILY-SIZE.")
     family: Literal["gpt2", "llama"] = Field("gpt2", description="Architecture family.")
-    size: str | None = Field("tiny", description="Preset name (see pipeline/presets.py); explicit dims below override it.")
+    size: str | None = Field("tiny", description="Preset name (see pipeline/lm/presets.py); explicit dims below override it.")
     n_layer: int | None = Field(None, ge=1, description="Transformer blocks.")
     n_embd: int | None = Field(None, ge=8, description="Hidden size.")
     n_head: int | None = Field(None, ge=1, description="Attention heads.")

@@ -1,5 +1,18 @@
-"""One exception for bad input, so the CLI can print one line and exit 2."""
+"""Bad input and exit codes: what the CLI, the executor, the training loop and the sbatch templates agree on."""
+
+from enum import IntEnum
 
 
 class UserError(Exception):
     """Bad input: message is one line naming the key/file/value and what is valid; CLI exits 2."""
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses. slurm/*.sbatch test 75 by value (documented there; shell cannot import this)."""
+
+    OK = 0
+    FAILED = 1  # a unit failed; its error line is in .collapse/failed/ and `collapse status`
+    BAD_INPUT = 2  # a UserError: one line on stderr, nothing written
+    NOT_DONE = 3  # `collapse stage`: the unit was locked by another live process / is still running elsewhere
+    REQUEUE = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; rerun (requeue) to resume
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipeline.cli import main
+from pipeline.orchestration.cli import main
 from pipeline.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent

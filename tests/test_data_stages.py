@@ -18,9 +18,9 @@ from pipeline.config import load_config
 from pipeline.data.packing import load_blocks, pack_documents
 from pipeline.data.reference import ReferenceLanguage
 from pipeline.errors import UserError
-from pipeline.executor import Executor, run_units
-from pipeline.launchers.local import LocalLauncher
-from pipeline.runner import Unit, plan_run
+from pipeline.orchestration.executor import Executor, run_units
+from pipeline.orchestration.launchers.local import LocalLauncher
+from pipeline.orchestration.runner import Unit, plan_run
 from pipeline.stages import mix, prepare
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"

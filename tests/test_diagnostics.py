@@ -1,4 +1,4 @@
-"""pipeline.diagnostics on text whose statistics are known exactly (sampled from a Zipf law, or built by hand)."""
+"""pipeline.lm.diagnostics on text whose statistics are known exactly (sampled from a Zipf law, or built by hand)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline import diagnostics as D
+from pipeline.lm import diagnostics as D
 
 
 def zipf_sample(s: float, vocabulary: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

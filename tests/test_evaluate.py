@@ -24,7 +24,7 @@ TEXTS = ["The cat sat on the mat.", "Zoë's café serves crème brûlée — na�
 
 
 def test_every_token_is_predicted_once_and_matches_a_transformers_forward():
-    from pipeline.evaluation import IGNORE, stream_windows, summed_nll
+    from pipeline.lm.evaluation import IGNORE, stream_windows, summed_nll
 
     torch.manual_seed(0)
     model = tiny_model(seed=3).eval()
@@ -47,7 +47,7 @@ def test_every_token_is_predicted_once_and_matches_a_transformers_forward():
 
 
 def test_shards_cover_every_window_once():
-    from pipeline.evaluation import IGNORE, stream_windows
+    from pipeline.lm.evaluation import IGNORE, stream_windows
 
     windows = stream_windows(np.arange(1, 200), window=16, eos_id=0)
     shards = [windows.shard(rank, 3) for rank in range(3)]
@@ -59,7 +59,7 @@ def test_shards_cover_every_window_once():
 
 def test_bits_per_byte_uses_the_exact_bytes_of_the_predicted_tokens(tmp_path):
     from pipeline.data.tokenizer import token_byte_lengths, train_bpe_tokenizer
-    from pipeline.evaluation import evaluate_stream, target_bytes
+    from pipeline.lm.evaluation import evaluate_stream, target_bytes
 
     tokenizer = train_bpe_tokenizer(TEXTS * 20, 300, tmp_path / "tok")
     eos = tokenizer.eos_token_id
@@ -69,7 +69,7 @@ def test_bits_per_byte_uses_the_exact_bytes_of_the_predicted_tokens(tmp_path):
 
     torch.manual_seed(0)
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.lm.models import build_model
 
     model = build_model(ModelConfig(family="llama", size="nano"), len(tokenizer), 32, eos, eos)
     result = evaluate_stream(model, ids, window=32, eos_id=eos, byte_lengths=lengths, batch_size=4,
@@ -83,7 +83,7 @@ def test_bits_per_byte_uses_the_exact_bytes_of_the_predicted_tokens(tmp_path):
 def test_metric_modules_load_offline_by_path():
     import evaluate
 
-    from pipeline.metrics import metric_path
+    from pipeline.lm.metrics import metric_path
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     perplexity = evaluate.load(metric_path("summed_nll_perplexity"))
@@ -105,7 +105,7 @@ def test_metric_modules_load_offline_by_path():
 
 
 def _plan_generate(cfg, planned):
-    from pipeline.runner import Unit
+    from pipeline.orchestration.runner import Unit
 
     return [
         Unit("generate", f"g{g}", {"generation": g}, ("prepare/prepare",))
@@ -131,9 +131,9 @@ def _run_generate(ctx):
 
 def test_train_and_evaluate_stages_through_the_runner(tmp_path):
     from pipeline.config import load_config
-    from pipeline.executor import Executor, run_units
-    from pipeline.launchers.local import LocalLauncher
-    from pipeline.runner import plan_run
+    from pipeline.orchestration.executor import Executor, run_units
+    from pipeline.orchestration.launchers.local import LocalLauncher
+    from pipeline.orchestration.runner import plan_run
     from pipeline.stages import evaluate, mix, prepare, train
 
     generate = SimpleNamespace(NAME="generate", VERSION=1, plan=_plan_generate, run=_run_generate)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.fitting import (
+from pipeline.analysis.fitting import (
     compare_model_sizes,
     fit_scaling_curves,
     fit_synthetic_quality,

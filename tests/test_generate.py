@@ -1,4 +1,4 @@
-"""Sampling (pipeline/sampling.py) and the generate stage.
+"""Sampling (pipeline/lm/sampling.py) and the generate stage.
 
 Most checks use a GPT-2 whose next-token distribution is KNOWN: the final layer norm is zeroed with
 bias e_0 and column 0 of the (tied) embedding holds log p, so the logits are log p at every position
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import diagnostics as D
-from pipeline import sampling as S
+from pipeline.lm import diagnostics as D
+from pipeline.lm import sampling as S
 
 EOS = 0
 
@@ -249,9 +249,9 @@ def test_human_prompts_are_prefixes_of_long_enough_documents_chosen_by_sequence_
 
 def run_pipeline(runs_dir: Path, *overrides: str):
     from pipeline.config import load_config
-    from pipeline.executor import Executor, run_units
-    from pipeline.launchers.local import LocalLauncher
-    from pipeline.runner import plan_run
+    from pipeline.orchestration.executor import Executor, run_units
+    from pipeline.orchestration.launchers.local import LocalLauncher
+    from pipeline.orchestration.runner import plan_run
     from pipeline.stages import generate, prepare, teacher
 
     tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import LoraConfig, ModelConfig
 from pipeline.errors import UserError
-from pipeline.models import (
+from pipeline.lm.models import (
     LORA_TARGETS,
     apply_lora,
     build_model,
@@ -24,7 +24,7 @@ from pipeline.models import (
     matmul_parameters,
     merge_lora,
 )
-from pipeline.presets import PRESETS
+from pipeline.lm.presets import PRESETS
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -81,7 +81,7 @@ def test_lora_trains_only_adapters_and_merges_into_a_plain_model(family, tmp_pat
     from transformers import AutoModelForCausalLM
 
     from train_helpers import token_blocks, training_config
-    from pipeline.trainer import train_model
+    from pipeline.lm.training.loop import train_model
 
     torch.manual_seed(0)
     base = build_model(ModelConfig(family=family, size="nano"), 96, 32, 0, 0)

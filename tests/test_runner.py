@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.executor import Executor, run_units
-from pipeline.launchers.local import LocalLauncher
-from pipeline.runner import RunDir, plan_run, unit_lock
+from pipeline.orchestration.executor import Executor, run_units
+from pipeline.orchestration.launchers.local import LocalLauncher
+from pipeline.orchestration.runner import RunDir, plan_run, unit_lock
 from toy_stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent

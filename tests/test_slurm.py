@@ -19,14 +19,14 @@ import pytest
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.launchers import slurm_state
-from pipeline.launchers.slurm import (
+from pipeline.orchestration.launchers import slurm_state
+from pipeline.orchestration.launchers.slurm import (
     plan_arrays,
     read_jobs,
     unit_levels,
     units_to_submit,
 )
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_CLI = REPO / "tests" / "slurm" / "toy_pipeline.py"
@@ -59,8 +59,8 @@ def toy(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
 
 def toy_executor(config: Path, overrides=()):
     from pipeline.config import load_config
-    from pipeline.executor import Executor
-    from pipeline.runner import plan_run
+    from pipeline.orchestration.executor import Executor
+    from pipeline.orchestration.runner import plan_run
 
     cfg = load_config(config, list(overrides))
     return Executor(cfg=cfg, stages=toy_pipeline.STAGES, planned=plan_run(cfg, toy_pipeline.STAGES))
@@ -315,7 +315,7 @@ def test_usr1_checkpoints_requeues_and_resumes_a_two_node_training_unit(slurm_cl
 
 @pytest.mark.slurm
 def test_a_task_whose_unit_is_locked_waits_and_takes_over_when_the_holder_dies(slurm_cluster, tmp_path):
-    from pipeline.runner import RunDir, unit_lock
+    from pipeline.orchestration.runner import RunDir, unit_lock
 
     ledger = tmp_path / "ledger.txt"
     config = write_config(tmp_path, mix={"synthetic_fractions": [0.0], "token_budgets": [100]}, stages=["prepare", "mix"])

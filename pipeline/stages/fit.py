@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline import fitting
-from pipeline.runner import Unit, write_json_atomic
+from pipeline.analysis import fitting
+from pipeline.orchestration.runner import Unit, write_json_atomic
 
 NAME = "fit"
 VERSION = 1

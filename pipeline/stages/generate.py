@@ -1,7 +1,7 @@
 """generate: synthetic text from each generation's teacher, in shards, merged into a packed corpus.
 
 Units per generation g (planned after teacher g; teacher g+1 is planned here too, after corpus g):
-  generate/gG-sKKK  a shard: its share of generate.tokens sampled from teacher/gG (pipeline/sampling.py).
+  generate/gG-sKKK  a shard: its share of generate.tokens sampled from teacher/gG (pipeline/lm/sampling.py).
                     text.jsonl: {"text", "tokens"[, "prompt"]} per document, in sequence order.
                     Under `accelerate launch` every process samples its own chunk of each round; the
                     main process writes. Shard k's sequences come from the seed (generate.seed, g, k),
@@ -10,7 +10,7 @@ Units per generation g (planned after teacher g; teacher g+1 is planned here too
                     of the documents is packed into heldout/ (final partial block kept), the rest into
                     blocks/ (column `input_ids`), both with prepare's tokenizer and block size.
                     text.jsonl: {"text", "heldout"} per document; diagnostics.json: synthetic vs human
-                    statistics (pipeline/diagnostics.py) with rank-frequency arrays for the report.
+                    statistics (pipeline/lm/diagnostics.py) with rank-frequency arrays for the report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.runner import Unit, write_json_atomic, write_text_atomic
+from pipeline.orchestration.runner import Unit, write_json_atomic, write_text_atomic
 
 NAME = "generate"
 VERSION = 1
@@ -44,7 +44,7 @@ def is_shard(unit_id: str) -> bool:
 
 
 def plan(cfg, planned) -> list[Unit]:
-    from pipeline.sampling import SamplingSettings
+    from pipeline.lm.sampling import SamplingSettings
     from pipeline.stages import teacher
 
     gen = cfg.generate
@@ -79,7 +79,7 @@ def load_teacher(model_dir: Path, device, trust_remote_code: bool):
     """The teacher checkpoint and tokenizer, in bf16 on a GPU (fp32 on CPU), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.sampling import sampling_dtype
+    from pipeline.lm.sampling import sampling_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=sampling_dtype(device),
@@ -101,7 +101,7 @@ def process_state():
 def run_shard(ctx) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
-    from pipeline.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
+    from pipeline.lm.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
     from pipeline.stages import prepare
 
     params, state = ctx.params, process_state()
@@ -157,7 +157,7 @@ def corpus_documents(corpus_dir: Path, heldout: bool | None = None) -> list[str]
 def heldout_mask(n_documents: int, fraction: float, seed: int, generation: int) -> np.ndarray:
     """Which documents are held out: a seeded choice of round(fraction * n) (at least one if fraction > 0)."""
     n_heldout = 0 if fraction == 0 or n_documents < 2 else min(n_documents - 1, max(1, round(fraction * n_documents)))
-    from pipeline.sampling import derive_seed
+    from pipeline.lm.sampling import derive_seed
 
     rng = np.random.default_rng(derive_seed(seed, generation, _HELDOUT_STREAM))
     mask = np.zeros(n_documents, dtype=bool)
@@ -190,7 +190,7 @@ def run_corpus(ctx) -> dict[str, Any]:
     diagnostics = corpus_statistics(ctx, texts, prepare_dir, tokenizer)
     write_json_atomic(out / "diagnostics.json", diagnostics)
     shard_metrics = [ctx.manifest(k)["metrics"] for k in shard_keys]
-    from pipeline.diagnostics import without_arrays
+    from pipeline.lm.diagnostics import without_arrays
 
     synthetic = diagnostics["synthetic"]
     ctx.log.info("generate %s: %d documents (%d held out), %d blocks; Zipf words %.3f (human %.3f), tail mass %.4f "
@@ -204,9 +204,9 @@ def run_corpus(ctx) -> dict[str, Any]:
 
 
 def corpus_statistics(ctx, texts: list[str], prepare_dir: Path, tokenizer) -> dict[str, Any]:
-    """pipeline.diagnostics on this corpus vs prepare's train/test documents, plus the teacher's test scores."""
+    """pipeline.lm.diagnostics on this corpus vs prepare's train/test documents, plus the teacher's test scores."""
     from pipeline.data.packing import plain_backend
-    from pipeline.diagnostics import corpus_diagnostics
+    from pipeline.lm.diagnostics import corpus_diagnostics
     from pipeline.stages import prepare
 
     backend = plain_backend(tokenizer)
@@ -227,7 +227,7 @@ def corpus_statistics(ctx, texts: list[str], prepare_dir: Path, tokenizer) -> di
 
 def distinct_via_evaluate():
     """distinct-1/2/3 through the shipped `distinct_n` evaluate module (units joined by spaces)."""
-    from pipeline.metrics import load_metric
+    from pipeline.lm.metrics import load_metric
 
     metric = load_metric("distinct_n")
 

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.data.mixing import write_mixture
 from pipeline.data.packing import load_blocks
 from pipeline.errors import UserError
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 NAME = "mix"
 VERSION = 1

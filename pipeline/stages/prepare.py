@@ -28,7 +28,7 @@ from pipeline.data.tokenizer import (
     train_bpe_tokenizer,
 )
 from pipeline.errors import UserError
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 NAME = "prepare"
 VERSION = 1
@@ -109,7 +109,7 @@ def _make_tokenizer(spec: dict[str, Any], train_texts: list[str], out_dir: Path)
         return train_bpe_tokenizer(train_texts, spec["vocab_size"], out_dir)
     if not spec.get("path"):
         raise UserError("tokenizer.path: tokenizer.kind: pretrained needs tokenizer.path or teacher.pretrained")
-    from pipeline.pretrained import resolve  # gguf:... spellings become the converted checkpoint dir
+    from pipeline.lm.pretrained import resolve  # gguf:... spellings become the converted checkpoint dir
 
     path = resolve(spec["path"], trust_remote_code=spec["trust_remote_code"])
     tokenizer = load_pretrained_tokenizer(path, trust_remote_code=spec["trust_remote_code"])

@@ -1,7 +1,7 @@
 """report: what a researcher reads at the end — runs/NAME/report/report.md plus PNG figures.
 
 One unit, `report/report`. It reads the fit (fit.json), every evaluate row, the synthetic corpora's
-diagnostics and prepare's corpus statistics; it draws the figures (pipeline/figures.py, and the
+diagnostics and prepare's corpus statistics; it draws the figures (pipeline/analysis/figures.py, and the
 theory-vs-simulation panels from pipeline/theory) and writes a report that states the experiment's
 outcome, including when this run does NOT show a finding.
 """
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import figures
-from pipeline.runner import Unit, write_text_atomic
+from pipeline.analysis import figures
+from pipeline.orchestration.runner import Unit, write_text_atomic
 from pipeline.stages.fit import result_rows
 
 NAME = "report"

@@ -2,14 +2,14 @@
 
 runs/NAME/teacher/gG/:
   model/      plain transformers checkpoint (safetensors, LoRA merged) + its tokenizer: what generate loads
-  log.jsonl, tb/, checkpoints (while running)   when the teacher trains (the shared loop, pipeline/trainer.py)
+  log.jsonl, tb/, checkpoints (while running)   when the teacher trains (the shared loop, pipeline/lm/training/loop.py)
 Manifest metrics: how it was made, the trainer's metrics, and `test` = its loss / perplexity / bits per
 byte on the human test split (tokenised with the teacher's own tokenizer; on a CPU capped, see below).
 
 init: scratch     `teacher.model` trained on the human train split (prepare's train/ blocks), as in the
                   Strong Model Collapse experiment.
 init: pretrained  `teacher.pretrained` (a dir, a hub id, gguf:PACKAGE or a .gguf file; see
-                  pipeline/pretrained.py), fine-tuned on the human train split with finetune: full | lora,
+                  pipeline/lm/pretrained.py), fine-tuned on the human train split with finetune: full | lora,
                   or used as is with finetune: none.
 Generation g >= 1 starts from the same init and trains on generate/g{g-1}'s synthetic blocks (mode
 replace) or on the human train split plus every corpus so far (mode accumulate), validating on the
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 NAME = "teacher"
 VERSION = 1
@@ -60,7 +60,7 @@ def teacher_unit(cfg, generation: int) -> Unit:
     if t.init == "scratch":
         params["model"] = model_slice(t.model)
     else:
-        from pipeline.pretrained import identity
+        from pipeline.lm.pretrained import identity
 
         params.update(pretrained=identity(t.pretrained), finetune=t.finetune, trust_remote_code=t.trust_remote_code)
         if t.finetune == "lora":
@@ -96,7 +96,7 @@ def run(ctx) -> dict[str, Any]:
     model, tokenizer = _initial_model(ctx, run_tokenizer, block_size)
     metrics: dict[str, Any] = {"generation": params["generation"], "init": params["init"]}
     if "training" in params:
-        from pipeline.trainer import train_model
+        from pipeline.lm.training.loop import train_model
 
         train_blocks, val_blocks = training_data(ctx, tokenizer, run_tokenizer, block_size)
         metrics["data"] = {"human": params["human"], "corpora": params["corpora"], "train_blocks": len(train_blocks),
@@ -116,14 +116,14 @@ def run(ctx) -> dict[str, Any]:
 def _initial_model(ctx, run_tokenizer, block_size: int):
     """(model, its tokenizer): a fresh scratch model on the run's tokenizer, or the pretrained one."""
     from pipeline.config import LoraConfig, ModelConfig
-    from pipeline.models import build_model
+    from pipeline.lm.models import build_model
 
     params = ctx.params
     if params["init"] == "scratch":
         model_cfg = ModelConfig.model_validate(params["model"])
         return build_model(model_cfg, len(run_tokenizer), block_size, run_tokenizer.bos_token_id,
                            run_tokenizer.eos_token_id), run_tokenizer
-    from pipeline.pretrained import load_model, load_tokenizer, resolve
+    from pipeline.lm.pretrained import load_model, load_tokenizer, resolve
 
     spec, trust = ctx.cfg.teacher.pretrained, params["trust_remote_code"]
     _resolve_once(ctx, spec, trust)  # a GGUF file is converted by the main process, then read by all
@@ -137,7 +137,7 @@ def _initial_model(ctx, run_tokenizer, block_size: int):
 
 
 def _resolve_once(ctx, spec: str, trust: bool) -> None:
-    from pipeline.pretrained import resolve
+    from pipeline.lm.pretrained import resolve
 
     if ctx.is_main_process:
         resolve(spec, trust)
@@ -209,7 +209,7 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
 
     from pipeline.data.packing import concatenated_ids, tokenize_documents
     from pipeline.data.tokenizer import token_byte_lengths
-    from pipeline.evaluation import evaluate_stream
+    from pipeline.lm.evaluation import evaluate_stream
     from pipeline.stages import prepare
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

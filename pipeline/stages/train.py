@@ -1,4 +1,4 @@
-"""train: every student x mixture x seed is one unit; the one training loop (pipeline/trainer.py).
+"""train: every student x mixture x seed is one unit; the one training loop (pipeline/lm/training/loop.py).
 
 Unit id `<student label>-<mix id>-s<seed>`, e.g. `gpt2-tiny-g0-p0.5-n200000-s0`, at runs/NAME/train/ID/:
   model/      the final model (save_pretrained, safetensors; the best validation's weights with
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 NAME = "train"
 VERSION = 1
@@ -33,7 +33,7 @@ def model_slice(model_cfg) -> dict[str, Any]:
     if model_cfg.pretrained:
         keep = {"family", "pretrained", "finetune", "trust_remote_code"} | ({"lora"} if model_cfg.finetune == "lora" else set())
         return {**model_cfg.model_dump(mode="json", include=keep), "size": None}
-    from pipeline.models import model_dims
+    from pipeline.lm.models import model_dims
 
     return {"family": model_cfg.family, "size": None, "dropout": model_cfg.dropout, **model_dims(model_cfg)}
 
@@ -65,8 +65,8 @@ def run(ctx) -> dict[str, Any]:
     from pipeline.config import ModelConfig
     from pipeline.data.packing import load_blocks
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.models import build_model
-    from pipeline.trainer import train_model
+    from pipeline.lm.models import build_model
+    from pipeline.lm.training.loop import train_model
 
     params, out = ctx.params, Path(ctx.out)
     mix_key = ctx.unit.inputs[0]

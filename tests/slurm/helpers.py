@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline.launchers import slurm_state
+from pipeline.orchestration.launchers import slurm_state
 
 WAIT_S = 240  # a safety net for a stuck queue, not a timing assertion
 

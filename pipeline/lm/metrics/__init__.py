@@ -1,7 +1,7 @@
 """`evaluate` metric modules shipped with the package, loadable offline by path.
 
     import evaluate
-    from pipeline.metrics import metric_path
+    from pipeline.lm.metrics import metric_path
     metric = evaluate.load(metric_path("summed_nll_perplexity"))
 
 Each module lives in its own directory whose script has the directory's name (evaluate's rule for

@@ -14,7 +14,7 @@ The NLL is summed in float64 over all predicted tokens; loss = sum / tokens (nev
 bits per byte = sum / ln 2 / bytes, where bytes are those of the predicted tokens from the tokenizer's
 token -> byte-length table (`pipeline.data.tokenizer.token_byte_lengths`; EOS and other special tokens
 stand for 0 bytes but their prediction is paid for). The pooled numbers are computed by the shipped
-`evaluate` module `pipeline/metrics/summed_nll_perplexity`.
+`evaluate` module `pipeline/lm/metrics/summed_nll_perplexity`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def evaluate_stream(model, ids: np.ndarray, *, window: int, eos_id: int, byte_le
     `metric`: a loaded `summed_nll_perplexity` module (loaded by path if not given). The model's
     context must hold `window` tokens.
     """
-    from pipeline.metrics import load_metric
+    from pipeline.lm.metrics import load_metric
 
     windows = stream_windows(ids, window, eos_id)
     nll, tokens = summed_nll(model, windows, batch_size, device, precision, progress=progress, desc=desc)

@@ -13,9 +13,9 @@ from pipeline.config import Config
 
 def get_launcher(cfg: Config, resolved_config: Path):
     if cfg.launcher == "accelerate":
-        from pipeline.launchers.accelerate import AccelerateLauncher
+        from pipeline.orchestration.launchers.accelerate import AccelerateLauncher
 
         return AccelerateLauncher(resolved_config, Path(cfg.accelerate_config))
-    from pipeline.launchers.local import LocalLauncher
+    from pipeline.orchestration.launchers.local import LocalLauncher
 
     return LocalLauncher()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.presets import PRESETS
+from pipeline.lm.presets import PRESETS
 
 log = logging.getLogger("collapse")
 

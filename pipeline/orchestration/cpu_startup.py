@@ -28,6 +28,7 @@ from pathlib import Path
 
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 LIBRARY_STEM = "mkl_features_dispatch"
+ACTIVE_ENV = "COLLAPSE_MKL_BY_FEATURES"  # set to 1 once the shim is loaded; inherited by worker processes
 
 
 def cpu_vendor() -> str:
@@ -88,6 +89,7 @@ def enable_fast_mkl_on_amd() -> str:
     if path is None:
         return "not applied: no C compiler to build the shim"
     ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+    os.environ[ACTIVE_ENV] = "1"  # read by the MFU peak cache key (pipeline/lm/training/mfu.py)
     preload = os.environ.get("LD_PRELOAD", "")
     if str(path) not in preload.split(":"):
         os.environ["LD_PRELOAD"] = f"{path}:{preload}" if preload else str(path)

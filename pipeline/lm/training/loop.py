@@ -4,7 +4,7 @@ Runs unchanged in one process, under `accelerate launch` with DDP (CPU gloo or G
 (configs/accelerate/*.yaml). The global batch is `training.batch_size` blocks per optimizer step
 whatever the number of processes: each process takes B / processes rows of the step's batch and
 accumulates micro-batches of `micro_batch_size` rows (gradients synchronised on the last one only).
-See pipeline/training/data.py (position), checkpoint.py (kill-safety), signals.py (exit 75).
+See pipeline/lm/training/data.py (position), checkpoint.py (kill-safety), signals.py (exit 75).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import ctypes
 import logging
 import math
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,17 @@ from typing import Any
 import torch
 
 from pipeline.errors import UserError
-from pipeline.evaluation import Windows, stream_windows, summed_nll, token_stream
-from pipeline.models import count_parameters, flops_per_token, merge_lora
-from pipeline.training.checkpoint import Checkpoints, load_snapshot, replace_dir
-from pipeline.training.data import BlockBatches, blocks_tensor, micro_batches, total_steps
-from pipeline.training.logs import TrainLog
-from pipeline.training.loss import causal_lm_loss
-from pipeline.training.mfu import mfu, peak_flops, remeasure_peak
-from pipeline.training.optim import compute_dtype, make_optimizer, make_scheduler, resolve_precision
-from pipeline.training.signals import Preempted, StopFlag
+from pipeline.lm.evaluation import Windows, stream_windows, summed_nll, token_stream
+from pipeline.lm.models import count_parameters, flops_per_token, merge_lora
+from pipeline.distributed import broadcast_from_main
+from pipeline.io import write_dir_atomic
+from pipeline.lm.training.checkpoint import Checkpoints, load_snapshot
+from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, total_steps
+from pipeline.lm.training.logs import TrainLog
+from pipeline.lm.training.loss import causal_lm_loss
+from pipeline.lm.training.mfu import mfu, peak_flops, remeasure_peak
+from pipeline.lm.training.optim import compute_dtype, make_optimizer, make_scheduler, resolve_precision
+from pipeline.lm.training.signals import Preempted, StopFlag
 
 
 def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed: int,
@@ -39,7 +40,7 @@ def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed
     """Train `model` on fixed-length `input_ids` blocks; save the final model to out_dir/"model".
 
     Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
-    `val_dataset` token stream (every token, see pipeline/evaluation.py), keeps the best model by
+    `val_dataset` token stream (every token, see pipeline/lm/evaluation.py), keeps the best model by
     validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
     when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is merged in place when the final model is saved:
     afterwards `model` holds the merged weights. Checkpoints are deleted once the final model is saved
@@ -82,7 +83,7 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
     run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
            "total_steps": steps, "seed": seed}
     state = _fresh_state(run, world)
-    latest = _from_main(accelerator, checkpoints.latest() if accelerator.is_main_process else None)
+    latest = broadcast_from_main(checkpoints.latest() if accelerator.is_main_process else None)
     if latest is not None:
         state = _resume(accelerator, latest, run, world, log)
         scheduler.load_state_dict(state["scheduler"])
@@ -271,15 +272,6 @@ def _accelerator(precision: str):
     return accelerator, mixed
 
 
-def _from_main(accelerator, value):
-    """The main process's value in every process (one decision, even on a lagging shared filesystem)."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
-
-
 def _is_fsdp(accelerator) -> bool:
     return str(accelerator.distributed_type).endswith("FSDP")
 
@@ -346,8 +338,5 @@ def save_final_model(accelerator, model, path: Path) -> None:
     else:
         plain, state_dict = unwrapped, accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        tmp = path.with_name(f".tmp-{path.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(str(tmp), state_dict=state_dict)
-        replace_dir(tmp, path)
+        write_dir_atomic(path, lambda tmp: plain.save_pretrained(str(tmp), state_dict=state_dict))
     accelerator.wait_for_everyone()

@@ -27,9 +27,9 @@ log = logging.getLogger("collapse")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.training.cpu_blas import enable_fast_mkl_on_amd
+    from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd
 
-    fast_mkl = enable_fast_mkl_on_amd()  # before anything imports torch (see pipeline/training/cpu_blas.py)
+    fast_mkl = enable_fast_mkl_on_amd()  # before anything imports torch (see pipeline/orchestration/cpu_startup.py)
     args = build_parser().parse_args(argv)
     _setup_console_logging(args.verbose)
     log.debug("MKL feature dispatch: %s", fast_mkl)
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.executor import run_units
-    from pipeline.launchers import get_launcher
+    from pipeline.orchestration.executor import run_units
+    from pipeline.orchestration.launchers import get_launcher
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     force = frozenset(_stage_list(args.force, "--force")) if args.force else frozenset()
@@ -128,7 +128,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import print_status
+    from pipeline.orchestration.status import print_status
 
     run_dir = Path(args.run_dir)
     resolved = run_dir / "config.yaml"
@@ -140,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.executor import Distributed
+    from pipeline.orchestration.executor import Distributed
 
     cfg, executor = _load(args)
     key = f"{args.stage}/{args.unit}"
@@ -159,7 +159,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.launchers.slurm import submit
+    from pipeline.orchestration.launchers.slurm import submit
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     cfg, executor = _load(args)
@@ -178,8 +178,8 @@ def _load(args: argparse.Namespace) -> tuple[Config, "object"]:
 
 
 def _executor(cfg: Config):
-    from pipeline.executor import Executor
-    from pipeline.runner import default_stages, plan_run
+    from pipeline.orchestration.executor import Executor
+    from pipeline.orchestration.runner import default_stages, plan_run
 
     stages = default_stages()
     return Executor(cfg=cfg, stages=stages, planned=plan_run(cfg, stages))
@@ -195,7 +195,7 @@ def _stage_list(text: str, flag: str) -> list[str]:
 
 def save_resolved_config(cfg: Config) -> Path:
     """The validated config, as one file, in the run dir: what workers and `collapse status` read."""
-    from pipeline.runner import write_text_atomic
+    from pipeline.orchestration.runner import write_text_atomic
 
     path = cfg.run_dir / "config.yaml"
     text = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)

@@ -29,10 +29,10 @@ from typing import Any
 
 from pipeline.config import STAGES, Config
 from pipeline.errors import UserError
-from pipeline.executor import Executor
-from pipeline.launchers import slurm_state
-from pipeline.launchers.slurm_templates import render_script, sbatch_options, task_shape
-from pipeline.runner import Unit, write_json_atomic, write_text_atomic
+from pipeline.orchestration.executor import Executor
+from pipeline.orchestration.launchers import slurm_state
+from pipeline.orchestration.launchers.slurm_templates import render_script, sbatch_options, task_shape
+from pipeline.orchestration.runner import Unit, write_json_atomic, write_text_atomic
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, used when the cluster cannot be asked
 ENTRY = ["-m", "pipeline"]  # python arguments that start the collapse CLI in an array task

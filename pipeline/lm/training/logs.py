@@ -8,10 +8,11 @@ step, so a resumed run's log reads like an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from pipeline.io import write_text_atomic
 
 
 class TrainLog:
@@ -76,6 +77,4 @@ def _truncate_after(path: Path, step: int) -> None:
                 kept.append(line)
         except ValueError:  # a line cut by a kill mid-write
             continue
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -18,7 +18,7 @@ Returns:
     distinct_1 .. distinct_{max_n} (None when the corpus has no n-gram of that size),
     ngrams_1 .. ngrams_{max_n} (total n-gram counts).
 Examples:
-    >>> metric = evaluate.load("pipeline/metrics/distinct_n")
+    >>> metric = evaluate.load("pipeline/lm/metrics/distinct_n")
     >>> metric.compute(predictions=[[1, 2, 1, 2]], max_n=2)["distinct_2"]
     0.6666666666666666
 """

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions, write_json_atomic
+from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions, write_json_atomic
 
 log = logging.getLogger("collapse")
 
@@ -153,7 +153,7 @@ def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-EXIT_REQUEUE = 75  # the trainer's "checkpointed, requeue me" exit (pipeline/training/signals.py)
+EXIT_REQUEUE = 75  # the trainer's "checkpointed, requeue me" exit (pipeline/lm/training/signals.py)
 
 
 def _is_interruption(exc: BaseException) -> bool:

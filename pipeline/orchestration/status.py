@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from pipeline.config import STAGES, Config
-from pipeline.executor import Executor
+from pipeline.orchestration.executor import Executor
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -45,7 +45,7 @@ def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[st
 def print_status(cfg: Config, executor: Executor) -> None:
     slurm_states: dict[str, str] = {}
     try:
-        from pipeline.launchers.slurm import unit_states
+        from pipeline.orchestration.launchers.slurm import unit_states
 
         slurm_states = unit_states(cfg, executor)
     except ImportError:

@@ -4,7 +4,7 @@ The peak is the best rate of square matmuls at the training dtype (what a transf
 is), the best of many repetitions of a few sizes over about 1.5 s on this device with this many CPU
 threads (the best, because other processes on a shared machine only ever slow a repetition down), stored in
 `$XDG_CACHE_HOME/collapse-lab/peak_flops.json` (default ~/.cache) under a key of device name, dtype,
-torch version, thread count and, on CPU, which MKL kernels are in use (pipeline/training/cpu_blas.py). No vendor table: a throttled laptop, a MIG slice or a CPU without
+torch version, thread count and, on CPU, which MKL kernels are in use (pipeline/orchestration/cpu_startup.py). No vendor table: a throttled laptop, a MIG slice or a CPU without
 AVX-512 each get their own honest denominator. If a training run ever goes faster than the cached
 peak (MFU > 1: the measurement was slowed by other load), the loop measures again once and the cache
 keeps the larger value.
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from pipeline.io import write_json_atomic
 
 CPU_SIZES, GPU_SIZES = (512, 1024, 2048), (4096, 8192)
 MEASURE_SECONDS = 1.5
@@ -40,9 +42,9 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    from pipeline.training.cpu_blas import is_active
-
-    return f"{name} x{torch.get_num_threads()} threads" + (" mkl-by-features" if is_active() else "")
+    # The CLI's start-up (pipeline/orchestration/cpu_startup.py) sets this when MKL dispatches by CPU features.
+    by_features = os.environ.get("COLLAPSE_MKL_BY_FEATURES") == "1"
+    return f"{name} x{torch.get_num_threads()} threads" + (" mkl-by-features" if by_features else "")
 
 
 def peak_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -73,7 +75,7 @@ def _store(key: str, value: float, keep_larger: bool = False) -> float:
     if keep_larger and key in table:
         value = max(value, float(table[key]))
     table[key] = value
-    _write_atomic(path, table)
+    write_json_atomic(path, table)
     return value
 
 
@@ -117,13 +119,6 @@ def _read(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_atomic(path: Path, table: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak_per_process: float, processes: int = 1) -> float:

@@ -1,6 +1,6 @@
 """Named model sizes. Plain dicts (no torch import) so config validation stays fast.
 
-Shapes, not weights: `pipeline.models` turns a family + preset (+ explicit overrides) into a
+Shapes, not weights: `pipeline.lm.models` turns a family + preset (+ explicit overrides) into a
 transformers config. The CPU presets are what the demo trains in seconds; the large ones are the
 Strong Model Collapse students (GPT-2 small at 12/18/24 layers) and Llama-style models for clusters.
 """

@@ -28,7 +28,7 @@ Returns:
     loss (nats/token), perplexity, bits_per_token, bits_per_byte (None when there are no bytes),
     nll_sum, tokens, bytes.
 Examples:
-    >>> metric = evaluate.load("pipeline/metrics/summed_nll_perplexity")
+    >>> metric = evaluate.load("pipeline/lm/metrics/summed_nll_perplexity")
     >>> metric.compute(nll_sums=[6.0, 2.0], token_counts=[3, 1], byte_counts=[9, 3])["loss"]
     2.0
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.evaluation import window_logits
+from pipeline.lm.evaluation import window_logits
 
 
 class _NextTokenNLL(torch.autograd.Function):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.executor import Executor, UnitOutcome
-from pipeline.runner import Unit
+from pipeline.orchestration.executor import Executor, UnitOutcome
+from pipeline.orchestration.runner import Unit
 
 
 class LocalLauncher:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.executor import Executor, UnitOutcome
-from pipeline.runner import Unit
+from pipeline.orchestration.executor import Executor, UnitOutcome
+from pipeline.orchestration.runner import Unit
 
 
 class AccelerateLauncher:

@@ -19,35 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.io import TEMP_PREFIX, replace_dir, write_json_atomic
+
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^(step|best)-(\d{8,})$")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` over `final`; an existing `final` is moved aside first and deleted after."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _TiedWeightsNotice(logging.Filter):
@@ -63,7 +43,7 @@ logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 def save_snapshot(accelerator, final: Path, state: dict[str, Any]) -> None:
     """Accelerate state of every process + `trainer_state.json`, written to a temp dir, renamed to `final`."""
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = final.with_name(f"{TEMP_PREFIX}{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -112,7 +92,7 @@ class Checkpoints:
         """Delete leftovers of a checkpoint write that was killed (main process, before training)."""
         if self.root.is_dir():
             for entry in self.root.iterdir():
-                if entry.name.startswith((".tmp-", ".old-")):
+                if entry.name.startswith(TEMP_PREFIX):
                     shutil.rmtree(entry, ignore_errors=True)
 
     def save(self, accelerator, step: int, state: dict[str, Any], kind: str = "step") -> Path:

@@ -1,4 +1,0 @@
-"""The training loop and its parts: data position, checkpoints, loss, optimiser, MFU, signals, logs.
-
-Public entry: `pipeline.trainer.train_model`.
-"""
