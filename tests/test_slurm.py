@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -92,12 +93,12 @@ def _generations_plan() -> list[Unit]:
     units = [Unit("prepare", "prepare", {})]
     for g in (0, 1):
         teacher_inputs = ("prepare/prepare",) if g == 0 else ("prepare/prepare", f"generate/g{g - 1}")
-        units.append(Unit("teacher", f"g{g}", {}, teacher_inputs, launcher="accelerate"))
-        shards = [Unit("generate", f"g{g}-s{s:03d}", {}, (f"teacher/g{g}",), launcher="accelerate") for s in range(2)]
+        units.append(Unit("teacher", f"g{g}", {}, teacher_inputs, multiprocess=True))
+        shards = [Unit("generate", f"g{g}-s{s:03d}", {}, (f"teacher/g{g}",), multiprocess=True) for s in range(2)]
         units += shards + [Unit("generate", f"g{g}", {}, tuple(s.key for s in shards))]
     for g in (0, 1):
         units.append(Unit("mix", f"g{g}-p0.5-n100", {}, ("prepare/prepare", f"generate/g{g}")))
-    units += [Unit("train", f"s-{m.id}", {}, (m.key,), launcher="accelerate") for m in units if m.stage == "mix"]
+    units += [Unit("train", f"s-{m.id}", {}, (m.key,), multiprocess=True) for m in units if m.stage == "mix"]
     return units
 
 
@@ -107,7 +108,7 @@ def test_waves_put_every_input_in_an_earlier_array():
     position = {u.key: i for i, a in enumerate(arrays) for u in a.units}
     waits_for: dict[str, set[str]] = {}  # array -> every array it waits for, directly or through others
     for i, array in enumerate(arrays):
-        assert len({(u.stage, u.launcher) for u in array.units}) == 1
+        assert len({(u.stage, u.multiprocess) for u in array.units}) == 1
         for unit in array.units:
             assert all(position[k] < i for k in unit.inputs), f"{unit.key} waits for a later or its own array"
         waits_for[array.name] = set(array.after_arrays).union(*(waits_for[d] for d in array.after_arrays))
@@ -166,7 +167,8 @@ def test_dry_run_renders_scripts_and_submits_nothing(tmp_path):
                    "--account=proj42", "--signal=B:USR1@120", "--requeue", "--kill-on-invalid-dep=yes", "--exclusive"):
         assert f"#SBATCH {option}" in train
     assert "module load cuda/12.4" in train and "PROCS_PER_NODE=4" in train
-    assert r"--machine_rank \$SLURM_NODEID" in train, "the node rank must be expanded on each node, not once"
+    assert """'\n        trap "" USR1""" in train and 'node=(--machine_rank "$SLURM_NODEID")' in train, \
+        "the node rank must be expanded on each node (in single quotes), not once"
     assert "srun --ntasks-per-node=1" in train and "accelerate.commands.launch" in train
     assert "--gpus-per-node" not in mix and "--nodes=1" in mix and "accelerate" not in mix.split("set -uo")[1]
     units = (slurm_dir / "dry-run" / "01-mix.units").read_text().split()
@@ -181,7 +183,7 @@ def test_dry_run_passes_an_accelerate_config_for_fsdp(tmp_path):
     toy("submit", str(config), "--dry-run")
     train = (tmp_path / "runs" / "toy" / "slurm" / "dry-run" / "02-train.sbatch").read_text()
     assert "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml" in train
-    assert "--config_file $ACCELERATE_CONFIG" in train
+    assert 'LAUNCH+=(--config_file "$ACCELERATE_CONFIG")' in train
 
 
 def test_slurm_records_are_mapped_back_to_array_tasks(tmp_path):
@@ -335,3 +337,179 @@ def test_a_task_whose_unit_is_locked_waits_and_takes_over_when_the_holder_dies(s
     ran = [key for key, event, _, _ in ledger_events(ledger) if event == "end"]
     assert ran == ["prepare/prepare", "mix/p0.0-n100"]
     assert {r["JobState"] for i in ids for r in scontrol_job(i)} == {"COMPLETED"}
+
+
+# ---------------------------------------------------------------- rendering: values can never become commands
+
+
+def _resources(**values):
+    """A stage's resources as the renderer reads them, built without the config's own validation:
+    the render-time checks must hold even for values that got past it."""
+    from types import SimpleNamespace
+
+    base = dict(partition=None, account=None, qos=None, time="01:00:00", nodes=1, gpus_per_node=0,
+                cpus_per_task=2, mem="8G", extra=[])
+    return SimpleNamespace(**{**base, **values})
+
+
+def _slurm(**values):
+    from types import SimpleNamespace
+
+    base = dict(stages={}, setup=[], accelerate_config=None, signal_seconds=120, requeue=True)
+    return SimpleNamespace(**{**base, **values})
+
+
+def _options(resources, slurm, stage="train", shape=None):
+    from pipeline.orchestration.launchers.slurm_templates import TaskShape, sbatch_options
+
+    return sbatch_options(resources, slurm, job_name="toy.02-train", array_size=3, chdir=Path("/work dir"),
+                          log_pattern=Path("/runs/toy/logs/slurm/02-train.%A_%a.out"),
+                          shape=shape or TaskShape("unit"), stage=stage)
+
+
+def _sbatch_header(script: str) -> list[str]:
+    """The options sbatch reads: arguments of the #SBATCH lines before the first command, split the way
+    sbatch splits them (shell-like quotes, an unquoted # starts a comment)."""
+    import shlex
+
+    options = []
+    for line in script.splitlines()[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        if line.startswith("#SBATCH"):
+            options += shlex.split(line[len("#SBATCH"):], comments=True)
+    return options
+
+
+INJECTIONS = ["gpu\ntouch /tmp/x", "gpu\rtouch /tmp/x", "gpu\x1b[2J", "gpu\u2028touch /tmp/x", "gpu\x85x", "a\tb"]
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+@pytest.mark.parametrize("field", ["partition", "account", "qos", "time", "mem"])
+def test_a_slurm_value_with_a_control_character_is_refused_naming_the_key(field, value):
+    with pytest.raises(UserError) as info:
+        _options(_resources(**{field: value}), _slurm())
+    message = str(info.value)
+    assert message.startswith(f"slurm.{field}: ") and "valid: one line of printable text" in message
+    assert "\n" not in message and "\r" not in message and "\u2028" not in message
+
+
+def test_control_characters_in_overrides_extra_and_setup_name_their_key():
+    override = _slurm(stages={"train": {"partition": "gpu\ntouch /tmp/x"}})
+    with pytest.raises(UserError, match=r"^slurm\.stages\.train\.partition: 'gpu\\ntouch /tmp/x' contains"):
+        _options(_resources(partition="gpu\ntouch /tmp/x"), override)
+    with pytest.raises(UserError, match=r"^slurm\.extra\[1\]: "):
+        _options(_resources(extra=["--exclusive", "--comment=x\ntouch /tmp/x"]), _slurm())
+    from pipeline.orchestration.launchers.slurm_templates import TaskShape, render_script
+
+    for slurm, key in ((_slurm(setup=["module load cuda", "true\nrm -rf ~"]), "slurm.setup[1]"),
+                       (_slurm(accelerate_config="fsdp.yaml\ntouch /tmp/x"), "slurm.accelerate_config")):
+        with pytest.raises(UserError, match=rf"^{re.escape(key)}: "):
+            render_script(TaskShape("unit"), options=[], slurm=slurm, python=sys.executable, entry=["-m", "pipeline"],
+                          stage="train", run_dir=Path("/runs/toy"), config=Path("/runs/toy/config.yaml"),
+                          units_file=Path("/runs/toy/slurm/x.units"))
+
+
+ODD_VALUES = {"partition": "gpu;touch /tmp/x", "account": "my account", "qos": "$(touch /tmp/x)",
+              "time": "1-00:00:00", "mem": "8G#comment"}
+
+
+@pytest.mark.parametrize("kind", ["unit", "accelerate"])
+def test_every_sbatch_option_survives_odd_values_and_precedes_the_first_command(kind, tmp_path):
+    from pipeline.orchestration.launchers.slurm_templates import TaskShape, render_script
+
+    shape = TaskShape(kind, processes_per_node=2)
+    resources = _resources(**ODD_VALUES, nodes=2, gpus_per_node=2, extra=["--exclusive", "#SBATCH --comment='a b'"])
+    slurm = _slurm(setup=["module load cuda/12.4"], accelerate_config="configs/x; touch /tmp/x")
+    options = _options(resources, slurm, shape=shape)
+    script = render_script(shape, options=options, slurm=slurm, python=sys.executable, entry=["-m", "pipeline"],
+                           stage="train", run_dir=tmp_path / "runs dir", config=tmp_path / "c $(x).yaml",
+                           units_file=tmp_path / "02-train.units")
+    header = _sbatch_header(script)
+    for field, value in ODD_VALUES.items():
+        assert f"--{field}={value}" in header, (field, header)
+    assert "--exclusive" in header and "--comment=a b" in header and "--chdir=/work dir" in header
+    assert len(header) == sum(line.startswith("#SBATCH") for line in script.splitlines()), \
+        "every #SBATCH line is read by sbatch: each holds one option, and none comes after a command"
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_a_template_with_an_option_after_a_command_is_refused(tmp_path):
+    from pipeline.orchestration.launchers.slurm_templates import TaskShape, render_script, template_path
+
+    (tmp_path / "slurm").mkdir()
+    text = template_path("unit").read_text().replace("set -uo pipefail", "set -uo pipefail\n#SBATCH --exclusive", 1)
+    (tmp_path / "slurm" / "unit.sbatch").write_text(text)
+    with pytest.raises(UserError, match=r"^sbatch template .*unit.sbatch: #SBATCH on line \d+ comes after the first"):
+        render_script(TaskShape("unit"), options=[], slurm=_slurm(), python=sys.executable, entry=["-m", "pipeline"],
+                      stage="train", run_dir=tmp_path, config=tmp_path / "c.yaml", units_file=tmp_path / "u",
+                      search_dir=tmp_path)
+
+
+STUB_SRUN = """#!/bin/bash
+while [[ "$1" == --* ]]; do shift; done
+for id in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$id "$@" || exit $?; done
+"""
+STUB_SCONTROL = """#!/bin/bash
+[ "$2" = hostnames ] && echo node1 || echo "NodeName=node1 NodeAddr=10.0.0.1 State=IDLE"
+"""
+STUB_PYTHON = """#!{python}
+import json, os, sys
+with open(os.environ["ARGV_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("kind", ["unit", "accelerate"])
+def test_a_rendered_script_passes_every_value_as_one_argument_and_runs_nothing_else(kind, tmp_path):
+    """Run the script with stub srun/scontrol/python: the launched command lines are exactly as planned,
+    and values holding `;`, `$(...)`, quotes or spaces are never parsed as shell code."""
+    from pipeline.orchestration.launchers.slurm_templates import TaskShape, render_script
+
+    bin_dir = tmp_path / "bin dir"
+    bin_dir.mkdir()
+    for name, text in (("srun", STUB_SRUN), ("scontrol", STUB_SCONTROL), ("python", STUB_PYTHON)):
+        (bin_dir / name).write_text(text.replace("{python}", sys.executable))
+        (bin_dir / name).chmod(0o755)
+    pwned, units = tmp_path / "pwned", tmp_path / "units"
+    units.write_text("g0-s001\n")
+    evil = f"x; touch {pwned}; $(touch {pwned}) '\"`touch {pwned}`"
+    shape = TaskShape(kind, processes_per_node=2)
+    slurm = _slurm(accelerate_config=f"cfg {evil}.yaml")
+    config = tmp_path / f"config {evil}.yaml"
+    script = render_script(shape, options=_options(_resources(), slurm, shape=shape), slurm=slurm,
+                           python=str(bin_dir / "python"), entry=["-m", "pipeline"], stage="generate",
+                           run_dir=tmp_path, config=config, units_file=units)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGV_LOG": str(tmp_path / "argv.jsonl"),
+           "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7", "SLURM_JOB_ID": "8", "SLURM_NNODES": "2",
+           "SLURM_CPUS_PER_TASK": "4", "SLURM_JOB_NODELIST": "node[1-2]"}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    launched = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    command = ["-m", "pipeline", "stage", "generate", str(config), "--unit", "g0-s001"]
+    if kind == "unit":
+        assert launched == [command]
+    else:
+        assert len(launched) == 2
+        for rank, argv in enumerate(launched):
+            assert argv[:2] == ["-m", "accelerate.commands.launch"] and argv[-len(command):] == command
+            options = argv[2:-len(command)]
+            assert options[options.index("--config_file") + 1] == f"cfg {evil}.yaml"
+            assert options[options.index("--machine_rank") + 1] == str(rank)
+            assert options[options.index("--rdzv_conf") + 1] == f"is_host={int(rank == 0)}"
+            assert options[options.index("--num_processes") + 1] == "4"
+            assert options[options.index("--main_process_ip") + 1] == "10.0.0.1"
+    assert not pwned.exists()
+
+
+@pytest.mark.parametrize("slurm", [{"partition": "gpu\ntouch /tmp/x"},
+                                   {"stages": {"train": {"partition": "gpu\ntouch /tmp/x"}}},
+                                   {"setup": ["module load x\ntouch /tmp/x"]}])
+def test_submit_with_a_multi_line_slurm_value_exits_2_with_one_line_and_writes_no_script(slurm, tmp_path):
+    config = write_config(tmp_path, slurm=slurm)
+    proc = toy("submit", str(config), "--dry-run", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "touch /tmp/x" in message
+    assert ("stages" in slurm and "train" in message) or "partition" in message or "setup" in message
+    assert not list((tmp_path / "runs" / "toy" / "slurm").glob("**/*.sbatch"))

@@ -90,7 +90,7 @@ def test_the_real_pipeline_submitted_to_slurm_equals_a_local_run(tiny_runs):
 def test_usr1_mid_training_requeues_and_the_resumed_student_equals_an_uninterrupted_one(tiny_runs):
     """The real training loop: USR1 to the batch shell -> checkpoint, exit 75 -> requeue -> exact resume."""
     variant = ["--set", "mix.synthetic_fractions=[1.0]", "--set", "mix.token_budgets=[6000]",
-               "--set", "train.epochs=30", "--set", "train.checkpoint_every=0", "--set", "train.log_every=5"]
+               "--set", "train.training.epochs=30", "--set", "train.training.checkpoint_every=0", "--set", "train.training.log_every=5"]
     collapse("submit", str(TINY), "--set", f"runs_dir={tiny_runs['root'] / 'slurm'}", "--stages", "train",
              *TINY_GRID, *variant, *SLURM_SETTINGS)
     run_dir = tiny_runs["slurm"]

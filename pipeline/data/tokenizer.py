@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import write_dir_atomic
+from pipeline.io import write_dir_atomic
 
 EOS_TOKEN = "<|endoftext|>"
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece byte tokens

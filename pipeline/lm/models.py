@@ -21,11 +21,10 @@ A forward pass alone is a third of the estimate.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.lm.presets import PRESETS
+from pipeline.lm.presets import model_dims
 
 log = logging.getLogger("collapse")
 
@@ -37,29 +36,6 @@ LORA_TARGETS: dict[str, list[str]] = {
 
 
 # ---------------------------------------------------------------- scratch models
-
-
-def model_dims(model_cfg) -> dict[str, int]:
-    """The family's preset for `model_cfg.size`, overridden by any explicit dimension in the config."""
-    family = model_cfg.family
-    dims: dict[str, Any] = dict(PRESETS[family].get(model_cfg.size, {})) if model_cfg.size else {}
-    for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size"):
-        value = getattr(model_cfg, key, None)
-        if value is not None:
-            dims[key] = value
-    required = ("n_layer", "n_embd", "n_head") + (("intermediate_size",) if family == "llama" else ())
-    missing = [key for key in required if key not in dims]
-    if missing:
-        raise UserError(f"model {model_cfg.label}: size is not set and {', '.join(missing)} are missing; "
-                        f"give size (one of {', '.join(PRESETS[family])}) or every dimension")
-    if dims["n_embd"] % dims["n_head"]:
-        raise UserError(f"model {model_cfg.label}: n_embd {dims['n_embd']} is not divisible by n_head {dims['n_head']}")
-    if family == "llama":
-        dims.setdefault("n_kv_head", dims["n_head"])
-        if dims["n_head"] % dims["n_kv_head"]:
-            raise UserError(f"model {model_cfg.label}: n_head {dims['n_head']} is not divisible by "
-                            f"n_kv_head {dims['n_kv_head']}")
-    return dims
 
 
 def model_config(model_cfg, vocab_size: int, block_size: int, bos_token_id: int | None = None,
@@ -107,22 +83,16 @@ def build_model(model_cfg, vocab_size: int, block_size: int, bos_token_id: int |
 
 
 def load_pretrained(path_or_id: str, trust_remote_code: bool = False, dtype: Any = None):
-    """AutoModelForCausalLM from a directory, a cached hub id (offline) or a .gguf file; fp32 by default."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """AutoModelForCausalLM (fp32 by default) from a directory, a cached hub id or a GGUF spelling.
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype or torch.float32}
-    source = str(path_or_id)
-    if source.endswith(".gguf"):
-        if not Path(source).is_file():
-            raise UserError(f"pretrained: {source} does not exist; give an existing .gguf file")
-        source, kwargs["gguf_file"] = str(Path(source).parent), Path(source).name
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-    except (OSError, ValueError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise UserError(f"pretrained: {path_or_id} is not a loadable causal LM ({message}); give a model "
-                        "directory, a .gguf file or a hub id in the offline cache") from None
+    One path for every spelling: pipeline.lm.pretrained converts a GGUF file once into a plain
+    safetensors checkpoint and loads that (a model loaded with gguf_file= cannot be saved).
+    """
+    import torch
+
+    from pipeline.lm.pretrained import load_model
+
+    return load_model(str(path_or_id), trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
 
 
 def check_vocab(tokenizer_vocab_size: int, model, key: str = "model") -> None:

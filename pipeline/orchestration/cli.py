@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import STAGES, Config, default_config_path, load_config
-from pipeline.errors import UserError
+from pipeline.errors import ExitCode, UserError
 
 log = logging.getLogger("collapse")
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         print(f"collapse: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         print("collapse: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:  # `collapse status ... | head`
         sys.stderr.close()
         return 0
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser, optional: bool = True) -> None:
         p.add_argument("config", nargs="?" if optional else None, help="YAML config (default: configs/demo.yaml)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+                       help="override a config value, e.g. --set train.training.lr=1e-3 (repeatable)")
 
     p = sub.add_parser("run", help="run the pipeline (skips finished units)")
     with_config(p)
@@ -140,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.orchestration.executor import Distributed
+    from pipeline.distributed import Processes
 
     cfg, executor = _load(args)
     key = f"{args.stage}/{args.unit}"
@@ -149,23 +149,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise UserError(f"--unit {args.unit}: stage {args.stage} has no such unit; valid: {known}")
     executor.force = frozenset([args.stage]) if args.force else frozenset()
     _quiet_library_progress(disable_ours=not sys.stderr.isatty())  # batch logs: no bars, the log lines carry progress
-    dist = Distributed.from_env()
+    dist = Processes.from_env()
     if dist.is_main:
         _add_run_log(cfg.run_dir)
     outcome = executor.execute(executor.planned.get(key), dist)
     if dist.is_main:
         log.info("%s: %s%s", key, outcome.status, f" in {outcome.seconds:.1f}s" if outcome.seconds else "")
-    return 0 if outcome.status in ("done", "ran") else 3 if outcome.status == "locked" else 1
+    if outcome.status in ("done", "ran"):
+        return ExitCode.OK
+    return ExitCode.NOT_DONE if outcome.status == "locked" else ExitCode.FAILED
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.orchestration.launchers.slurm import submit
+    from pipeline.orchestration.launchers.slurm import SlurmLauncher
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     cfg, executor = _load(args)
     selected = stages or list(cfg.stages)
     resolved = save_resolved_config(cfg)
-    return submit(cfg, executor, selected, resolved, dry_run=args.dry_run)
+    return SlurmLauncher().submit(cfg, executor, selected, resolved, dry_run=args.dry_run)
 
 
 # ---------------------------------------------------------------- helpers
@@ -195,7 +197,7 @@ def _stage_list(text: str, flag: str) -> list[str]:
 
 def save_resolved_config(cfg: Config) -> Path:
     """The validated config, as one file, in the run dir: what workers and `collapse status` read."""
-    from pipeline.orchestration.runner import write_text_atomic
+    from pipeline.io import write_text_atomic
 
     path = cfg.run_dir / "config.yaml"
     text = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
@@ -244,4 +246,4 @@ def _summarize_outcomes(cfg: Config, outcomes: list) -> int:
         log.info("  %s %s%s", outcome.status, outcome.unit.key, f": {outcome.error}" if outcome.error else "")
     if bad:
         log.info("see `collapse status %s`; re-run the same command to retry what is left", cfg.run_dir)
-    return 1 if bad else 0
+    return ExitCode.FAILED if bad else ExitCode.OK

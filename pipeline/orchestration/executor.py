@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import socket
 import time
@@ -20,8 +19,10 @@ from types import ModuleType
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions, write_json_atomic
+from pipeline.distributed import Processes
+from pipeline.errors import ExitCode, UserError
+from pipeline.io import replace_dir, write_json_atomic
+from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions
 
 log = logging.getLogger("collapse")
 
@@ -63,9 +64,9 @@ class Executor:
             if not self.run_dir.is_done(upstream, self.planned.fingerprints[key]):
                 raise UserError(f"unit {unit.key} needs {key}, which is not done; run stage {upstream.stage} first")
 
-    def execute(self, unit: Unit, dist: "Distributed | None" = None) -> UnitOutcome:
+    def execute(self, unit: Unit, dist: Processes | None = None) -> UnitOutcome:
         """Run one unit unless done or locked. Under accelerate, every process calls this."""
-        dist = dist or Distributed.single()
+        dist = dist or Processes.single()
         rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
         forced = unit.stage in self.force
         with contextlib.ExitStack() as stack:
@@ -84,16 +85,15 @@ class Executor:
             return self._run_locked(unit, fp, dist)
         raise AssertionError("unreachable")
 
-    def _run_locked(self, unit: Unit, fp: str, dist: "Distributed") -> UnitOutcome:
+    def _run_locked(self, unit: Unit, fp: str, dist: Processes) -> UnitOutcome:
         rd, module = self.run_dir, self.stages[unit.stage]
         work = rd.work(unit, fp)
         if dist.is_main:
             _prepare_work_dir(rd, unit, work)
         dist.barrier()
         unit_log, handler = _unit_logger(rd.log_file(unit), unit, dist.is_main)
-        ctx = UnitContext(unit=unit, cfg=self.cfg, out=work, run_dir=rd.root,
-                          inputs={k: rd.final(self.planned.get(k)) for k in unit.inputs},
-                          log=unit_log, is_main_process=dist.is_main)
+        ctx = UnitContext(unit=unit, out=work, inputs={k: rd.final(self.planned.get(k)) for k in unit.inputs},
+                          log=unit_log, processes=dist)
         started = time.time()
         try:
             metrics = module.run(ctx) or {}
@@ -102,7 +102,7 @@ class Executor:
                 self._finalize(unit, fp, work, metrics, started)
         except BaseException as exc:
             if _is_interruption(exc):  # checkpointed on SIGTERM/SIGUSR1 or Ctrl-C: resumable, not failed
-                unit_log.info("interrupted (%s); re-running the unit resumes it", exc or type(exc).__name__)
+                unit_log.info("interrupted (%s); re-running the unit resumes it", _interruption_name(exc))
             elif dist.is_main:
                 _record_failure(rd, unit, fp, exc)
             raise
@@ -124,10 +124,18 @@ class Executor:
         _swap_into_place(rd, work, rd.final(unit))
         with contextlib.suppress(FileNotFoundError):
             rd.failure(unit).unlink()
-        summarize = getattr(self.stages[unit.stage], "summarize", None)
-        if summarize is not None:
-            with unit_lock(rd.state / "locks" / unit.stage / ".summary.lock") as _:
-                summarize(rd.root, self.cfg)
+        self.summarize(unit.stage)
+
+    def summarize(self, stage: str) -> None:
+        """Rebuild the stage's summary from its planned units, one writer at a time (waits for the lock)."""
+        summarize = getattr(self.stages[stage], "summarize", None)
+        if summarize is None:
+            return
+        rd = self.run_dir
+        with unit_lock(rd.internal / "locks" / stage / ".summary.lock", wait=True) as held:
+            if not held:  # unreachable with wait=True; never summarize without the lock
+                raise RuntimeError(f"could not lock the {stage} summary")
+            summarize(rd.root / stage, self.planned.units(stage))
 
 
 def _prepare_work_dir(rd: RunDir, unit: Unit, work: Path) -> None:
@@ -141,23 +149,18 @@ def _prepare_work_dir(rd: RunDir, unit: Unit, work: Path) -> None:
 
 
 def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
-    """Rename the finished work dir over the final dir; an old version goes to trash first."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    trash = None
-    if final.exists():
-        trash = rd.state / "trash" / f"{final.name}.{os.getpid()}.{time.time_ns()}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(final, trash)
-    os.rename(work, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-EXIT_REQUEUE = 75  # the trainer's "checkpointed, requeue me" exit (pipeline/lm/training/signals.py)
+    """Rename the finished work dir over the final dir (an old version is moved to trash, then deleted)."""
+    replace_dir(work, final, trash_dir=rd.internal / "trash")
 
 
 def _is_interruption(exc: BaseException) -> bool:
-    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == EXIT_REQUEUE)
+    return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == ExitCode.REQUEUE)
+
+
+def _interruption_name(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "Ctrl-C"
+    return f"checkpointed, exit {ExitCode.REQUEUE.value}"
 
 
 def _record_failure(rd: RunDir, unit: Unit, fp: str, exc: BaseException) -> None:
@@ -179,43 +182,6 @@ def _unit_logger(path: Path, unit: Unit, is_main: bool) -> tuple[logging.Logger,
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return logger, handler
-
-
-class Distributed:
-    """Rank and collectives when `collapse stage` runs under accelerate launch; trivial otherwise."""
-
-    def __init__(self, state: Any = None) -> None:
-        self._state = state
-
-    @classmethod
-    def single(cls) -> "Distributed":
-        return cls(None)
-
-    @classmethod
-    def from_env(cls) -> "Distributed":
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls.single()
-        import torch
-        from accelerate import PartialState
-
-        # `accelerate launch` with a use_cpu config does not always export ACCELERATE_USE_CPU: no CUDA means CPU.
-        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
-        return cls(PartialState(cpu=use_cpu))
-
-    @property
-    def is_main(self) -> bool:
-        return self._state is None or self._state.is_main_process
-
-    def barrier(self) -> None:
-        if self._state is not None:
-            self._state.wait_for_everyone()
-
-    def broadcast(self, value: str) -> str:
-        if self._state is None:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value], from_process=0)[0]
 
 
 def run_units(executor: Executor, units: list[Unit], launcher: Any, progress: bool = True) -> list[UnitOutcome]:

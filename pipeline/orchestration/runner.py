@@ -8,7 +8,7 @@ done, anything else is not. A per-unit lock (flock, released by the kernel when 
 two processes — two terminals, two Slurm array tasks — from running one unit at once.
 
 Every stage module has the same shape (see pipeline/stages/__init__.py): NAME, VERSION,
-plan(cfg, planned) -> [Unit], run(ctx) -> metrics, and optionally summarize(run_dir, cfg).
+plan(cfg, planned) -> [Unit], run(ctx) -> metrics, and optionally summarize(stage_dir, units).
 """
 
 from __future__ import annotations
@@ -20,30 +20,36 @@ import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from pipeline.config import STAGES, Config
+from pipeline.distributed import Processes
+from pipeline.io import read_json_object
 
 log = logging.getLogger("collapse")
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work: a stage's output for one point of the config grid."""
+    """One piece of work: a stage's output for one point of the config grid.
+
+    `params` is everything the unit's result depends on (hashed into its fingerprint); `settings` is
+    what the unit reads that cannot change its result (batch sizes that do not change results,
+    num_proc, log and checkpoint intervals, trackers): not hashed, so changing it redoes nothing.
+    """
 
     stage: str
     id: str
     params: dict[str, Any]
     inputs: tuple[str, ...] = ()
-    launcher: str = "local"  # "accelerate": may run multi-process (train, teacher, generate shards)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+    multiprocess: bool = False  # may run in several processes (under `accelerate launch`): train, teacher, shards
     resumable: bool = False  # keep the work dir across a kill (the unit checkpoints inside it)
 
     @property
@@ -58,30 +64,52 @@ class Unit:
 
 @dataclass
 class UnitContext:
-    """What a stage's run() gets: where to write, where its inputs are, and a logger."""
+    """What a stage's run() gets: its unit (params, settings), where to write, its inputs, a logger.
+
+    Deliberately not the config: a unit reads only what its plan put into params (fingerprinted) or
+    settings (declared not to change results), so its fingerprint covers everything it depends on.
+    """
 
     unit: Unit
-    cfg: Config
     out: Path
-    run_dir: Path
     inputs: dict[str, Path]
     log: logging.Logger
-    is_main_process: bool = True
+    processes: Processes = field(default_factory=Processes.single)
 
     @property
     def params(self) -> dict[str, Any]:
         return self.unit.params
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.unit.settings
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.processes.is_main
 
     def manifest(self, key: str) -> dict[str, Any]:
         return json.loads((self.inputs[key] / "manifest.json").read_text())
 
 
 class Planned:
-    """All units of a run, in pipeline order, with fingerprints. Built by `plan_run`."""
+    """All units of a run with fingerprints, in an order where every unit comes after its inputs."""
 
-    def __init__(self) -> None:
-        self.by_key: dict[str, Unit] = {}
+    def __init__(self, units: list[Unit], versions: dict[str, int]) -> None:
+        by_key: dict[str, Unit] = {}
+        for unit in units:
+            if unit.key in by_key:
+                raise RuntimeError(f"stage {unit.stage} planned unit {unit.id!r} twice")
+            by_key[unit.key] = unit
+        for unit in units:
+            missing = [k for k in unit.inputs if k not in by_key]
+            if missing:
+                raise RuntimeError(f"unit {unit.key} names inputs that no stage planned: {missing}")
+        self.by_key = {u.key: u for u in dependency_order(units)}
         self.fingerprints: dict[str, str] = {}
+        for unit in self.by_key.values():  # inputs first, so their fingerprints exist
+            inputs = {k: self.fingerprints[k] for k in unit.inputs}
+            self.fingerprints[unit.key] = fingerprint(unit, versions.get(unit.stage, 1), inputs)
 
     def units(self, stage: str) -> list[Unit]:
         return [u for u in self.by_key.values() if u.stage == stage]
@@ -89,17 +117,40 @@ class Planned:
     def get(self, key: str) -> Unit:
         return self.by_key[key]
 
-    def add(self, unit: Unit, version: int) -> None:
-        if unit.key in self.by_key:
-            raise RuntimeError(f"stage {unit.stage} planned unit {unit.id!r} twice")
-        missing = [k for k in unit.inputs if k not in self.by_key]
-        if missing:
-            raise RuntimeError(f"unit {unit.key} names inputs that are not planned before it: {missing}")
-        self.by_key[unit.key] = unit
-        self.fingerprints[unit.key] = fingerprint(unit, version, {k: self.fingerprints[k] for k in unit.inputs})
-
     def __iter__(self) -> Iterator[Unit]:
         return iter(self.by_key.values())
+
+
+class PlanSoFar:
+    """What a stage's plan() sees: the units the stages before it planned."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, Unit] = {}
+
+    def units(self, stage: str) -> list[Unit]:
+        return [u for u in self.by_key.values() if u.stage == stage]
+
+    def get(self, key: str) -> Unit:
+        return self.by_key[key]
+
+
+def dependency_order(units: list[Unit]) -> list[Unit]:
+    """Plan order, except that a unit waits until its inputs are placed (stable topological sort).
+
+    The teacher stage plans every generation, but teacher g1 needs generate/g0, which a later stage
+    plans: it is placed right after that corpus unit.
+    """
+    placed: set[str] = set()
+    remaining, ordered = list(units), []
+    while remaining:
+        ready = next((u for u in remaining if all(k in placed for k in u.inputs)), None)
+        if ready is None:
+            cycle = ", ".join(u.key for u in remaining[:5])
+            raise RuntimeError(f"units with circular inputs: {cycle}")
+        ordered.append(ready)
+        placed.add(ready.key)
+        remaining.remove(ready)
+    return ordered
 
 
 def fingerprint(unit: Unit, version: int, input_fingerprints: dict[str, str]) -> str:
@@ -115,12 +166,14 @@ def default_stages() -> dict[str, ModuleType]:
 
 
 def plan_run(cfg: Config, stages: dict[str, ModuleType]) -> Planned:
-    """Expand every stage into units. Later stages see earlier ones' units through `planned`."""
-    planned = Planned()
+    """Every stage plans all of its own units (seeing the earlier stages' units); then fingerprints."""
+    so_far = PlanSoFar()
+    units: list[Unit] = []
     for name, module in stages.items():
-        for unit in module.plan(cfg, planned):
-            planned.add(unit, getattr(module, "VERSION", 1))
-    return planned
+        for unit in module.plan(cfg, so_far):
+            units.append(unit)
+            so_far.by_key.setdefault(unit.key, unit)
+    return Planned(units, {name: getattr(module, "VERSION", 1) for name, module in stages.items()})
 
 
 # ---------------------------------------------------------------- on-disk state
@@ -131,29 +184,25 @@ class RunDir:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.state = self.root / ".collapse"
+        self.internal = self.root / ".collapse"  # the runner's own files: work dirs, locks, failures
 
     def final(self, unit: Unit) -> Path:
         return self.root / unit.relpath
 
     def work(self, unit: Unit, fp: str) -> Path:
-        return self.state / "work" / unit.stage / f"{unit.id}.{fp[:12]}"
+        return self.internal / "work" / unit.stage / f"{unit.id}.{fp[:12]}"
 
     def lock(self, unit: Unit) -> Path:
-        return self.state / "locks" / unit.stage / f"{unit.id}.lock"
+        return self.internal / "locks" / unit.stage / f"{unit.id}.lock"
 
     def failure(self, unit: Unit) -> Path:
-        return self.state / "failed" / unit.stage / f"{unit.id}.json"
+        return self.internal / "failed" / unit.stage / f"{unit.id}.json"
 
     def log_file(self, unit: Unit) -> Path:
         return self.root / "logs" / unit.stage / f"{unit.id}.log"
 
     def manifest(self, unit: Unit) -> dict[str, Any] | None:
-        path = self.final(unit) / "manifest.json"
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_json_object(self.final(unit) / "manifest.json")
 
     def is_done(self, unit: Unit, fp: str) -> bool:
         manifest = self.manifest(unit)
@@ -172,15 +221,14 @@ class RunDir:
         return False
 
     def failed(self, unit: Unit) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.failure(unit).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_json_object(self.failure(unit))
 
 
 @contextlib.contextmanager
-def unit_lock(path: Path) -> Iterator[bool]:
+def unit_lock(path: Path, wait: bool = False) -> Iterator[bool]:
     """Yield True while this process holds the unit's lock, False if another live process does.
+
+    With wait=True, block until the lock is free (for short critical sections such as summaries).
 
     flock is tied to the open file: when the holder dies (even by SIGKILL) the kernel releases it,
     so a stale lock file from a dead process is simply taken over.
@@ -189,7 +237,7 @@ def unit_lock(path: Path) -> Iterator[bool]:
     handle = open(path, "a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -203,39 +251,6 @@ def unit_lock(path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_dir_atomic(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` into a temporary sibling directory, then rename it over `out_dir`.
-
-    Readers see the old directory or the new one, never a half-written one; a failure leaves nothing.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.config import STAGES, Config
 from pipeline.orchestration.executor import Executor
+from pipeline.stages.artifacts import RESULT_COLUMNS, format_cell, result_sort_key
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -43,13 +44,9 @@ def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[st
 
 
 def print_status(cfg: Config, executor: Executor) -> None:
-    slurm_states: dict[str, str] = {}
-    try:
-        from pipeline.orchestration.launchers.slurm import unit_states
+    from pipeline.orchestration.launchers import scheduler_states
 
-        slurm_states = unit_states(cfg, executor)
-    except ImportError:
-        pass
+    slurm_states = scheduler_states(cfg, executor)
     print(f"run: {cfg.run_dir}")
     for stage in STAGES:
         rows = unit_rows(cfg, executor, stage, slurm_states)
@@ -65,7 +62,7 @@ def print_status(cfg: Config, executor: Executor) -> None:
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
-    columns = ["student", "parameters", "generation", "synthetic_fraction", "token_budget", "seed", "loss", "ppl", "bpb"]
-    body = [[_fmt(r.get(c, "")) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-            for r in sorted(rows, key=lambda r: (str(r.get("student")), r.get("synthetic_fraction", 0), r.get("token_budget", 0), r.get("seed", 0)))]
-    return format_table(body, columns)
+    """The results table (columns: pipeline/stages/artifacts.py RESULT_COLUMNS, the one definition)."""
+    columns = [c for c in RESULT_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    body = [[format_cell(r, key, spec) for key, _, spec in columns] for r in sorted(rows, key=result_sort_key)]
+    return format_table(body, [header for _, header, _ in columns])

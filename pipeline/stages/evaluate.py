@@ -18,32 +18,36 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.orchestration.runner import Unit, write_text_atomic
+from pipeline.io import read_json_object, write_text_atomic
+from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "evaluate"
 VERSION = 1
-PREPARE_KEY = "prepare/prepare"
 log = logging.getLogger("collapse")
 
 
 def plan(cfg, planned) -> list[Unit]:
-    corpora = {u.id for u in planned.units("generate")}
+    corpora = set(artifacts.corpus_keys(planned))
     units = []
     for train_unit in planned.units("train"):
         mix_key = next(k for k in train_unit.inputs if k.startswith("mix/"))
-        generation = planned.get(mix_key).params["generation"]
-        inputs = [train_unit.key, PREPARE_KEY, mix_key]
-        if f"g{generation}" in corpora:  # its held-out synthetic text, if the corpus unit writes one
-            inputs.append(f"generate/g{generation}")
-        units.append(Unit(NAME, train_unit.id, {"precision": cfg.evaluate.precision}, inputs=tuple(inputs)))
+        corpus = artifacts.corpus_key(planned.get(mix_key).params["generation"])
+        inputs = [train_unit.key, PREPARE_KEY, mix_key] + ([corpus] if corpus in corpora else [])
+        # The model's trust_remote_code comes from the config (through the train unit's params), never from disk.
+        params = {"precision": cfg.evaluate.precision,
+                  "trust_remote_code": bool(train_unit.params["model"].get("trust_remote_code", False))}
+        units.append(Unit(NAME, train_unit.id, params, inputs=tuple(inputs),
+                          settings={"batch_size": cfg.evaluate.batch_size}))
     return units
 
 
 def run(ctx) -> dict[str, Any]:
     import torch
 
-    from pipeline.data.packing import load_blocks
-    from pipeline.data.tokenizer import load_tokenizer, token_byte_lengths
+    from pipeline.data.tokenizer import token_byte_lengths
+    from pipeline.distributed import default_device
     from pipeline.lm.evaluation import evaluate_stream, token_stream
     from pipeline.lm.metrics import load_metric
 
@@ -51,19 +55,19 @@ def run(ctx) -> dict[str, Any]:
     train_manifest, mix_manifest = ctx.manifest(keys["train"]), ctx.manifest(keys["mix"])
     prepare = ctx.manifest(PREPARE_KEY)["metrics"]
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    tokenizer = load_tokenizer(prepare_dir / "tokenizer")
+    tokenizer = artifacts.tokenizer(prepare_dir)
     byte_lengths = token_byte_lengths(tokenizer)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _load_model(Path(ctx.inputs[keys["train"]]) / "model", train_manifest["params"], device)
+    device = default_device()
+    model = _load_model(Path(ctx.inputs[keys["train"]]) / "model", ctx.params["trust_remote_code"], device)
     metric = load_metric("summed_nll_perplexity")
     precision = ctx.params["precision"]
     if precision == "auto":  # bf16 on a GPU, fp32 on a CPU (as in training)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     settings = dict(window=int(prepare["block_size"]), eos_id=int(tokenizer.eos_token_id), byte_lengths=byte_lengths,
-                    batch_size=ctx.cfg.evaluate.batch_size, device=device, precision=precision,
+                    batch_size=ctx.settings["batch_size"], device=device, precision=precision,
                     metric=metric, progress=ctx.is_main_process)
 
-    test = evaluate_stream(model, token_stream(load_blocks(prepare_dir / "test", torch_format=False)),
+    test = evaluate_stream(model, token_stream(artifacts.blocks(prepare_dir, "test")),
                            desc=f"test {ctx.unit.id}", **settings)
     row = _identity(ctx.unit.id, train_manifest, mix_manifest)
     row.update(loss=test["loss"], ppl=test["perplexity"], bpb=test["bits_per_byte"], test_tokens=test["tokens"],
@@ -73,9 +77,9 @@ def run(ctx) -> dict[str, Any]:
         row.update(entropy=reference["nats_per_token"], entropy_bpb=reference["bits_per_byte"],
                    excess_loss=test["loss"] - reference["nats_per_token"],
                    excess_bpb=test["bits_per_byte"] - reference["bits_per_byte"] if test["bits_per_byte"] else None)
-    heldout = Path(ctx.inputs[keys["generate"]]) / "heldout" if "generate" in keys else None
-    if heldout is not None and (heldout / "state.json").is_file():
-        ids = token_stream(load_blocks(heldout, torch_format=False))
+    corpus = ctx.inputs[keys["generate"]] if "generate" in keys else None
+    if corpus is not None and artifacts.has_blocks(corpus, "heldout"):
+        ids = token_stream(artifacts.blocks(corpus, "heldout"))
         if len(ids):
             synthetic = evaluate_stream(model, ids, desc=f"synthetic {ctx.unit.id}", **settings)
             row.update(synthetic_loss=synthetic["loss"], synthetic_ppl=synthetic["perplexity"],
@@ -86,12 +90,12 @@ def run(ctx) -> dict[str, Any]:
     return row
 
 
-def _load_model(path: Path, train_params: dict[str, Any], device):
+def _load_model(path: Path, trust_remote_code: bool, device):
     import torch
     from transformers import AutoModelForCausalLM
 
-    trust = bool(train_params.get("model", {}).get("trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True)
     return model.to(device).eval()
 
 
@@ -111,28 +115,13 @@ def _identity(unit_id: str, train_manifest: dict[str, Any], mix_manifest: dict[s
     }
 
 
-def planned_ids(cfg) -> set[str]:
-    """Evaluate unit ids of this config (student x mixture x seed), without planning the other stages."""
-    from pipeline.stages import mix, train
-
-    return {train.unit_id(student.label, mix_unit.id, seed) for student in cfg.train.students
-            for mix_unit in mix.plan(cfg, None) for seed in cfg.train.seeds}
-
-
-def summarize(run_dir: Path, cfg) -> None:
-    """runs/NAME/evaluate/results.jsonl: one row per finished evaluate unit of this config, rewritten
+def summarize(stage_dir: Path, units: list[Unit]) -> None:
+    """runs/NAME/evaluate/results.jsonl: one row per finished evaluate unit of this plan, rewritten
     atomically (units left in the directory by an earlier grid of the same run name are not listed)."""
-    stage_dir = Path(run_dir) / NAME
-    wanted = planned_ids(cfg) if cfg is not None else None
     rows = []
-    for manifest_path in sorted(stage_dir.glob("*/manifest.json")):
-        if wanted is not None and manifest_path.parent.name not in wanted:
-            continue
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):  # a unit being replaced right now; the next summary has it
-            continue
-        rows.append(manifest["metrics"])
-    rows.sort(key=lambda r: (str(r.get("student")), r.get("generation", 0), r.get("synthetic_fraction", 0),
-                             r.get("token_budget", 0), r.get("seed", 0)))
-    write_text_atomic(stage_dir / "results.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    for unit in units:
+        manifest = read_json_object(Path(stage_dir) / unit.id / "manifest.json")
+        if manifest is not None and isinstance(manifest.get("metrics"), dict):  # not yet done / being replaced
+            rows.append(manifest["metrics"])
+    rows.sort(key=artifacts.result_sort_key)
+    write_text_atomic(Path(stage_dir) / "results.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

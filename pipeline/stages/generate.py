@@ -1,6 +1,6 @@
 """generate: synthetic text from each generation's teacher, in shards, merged into a packed corpus.
 
-Units per generation g (planned after teacher g; teacher g+1 is planned here too, after corpus g):
+Units per generation g (the runner orders them after teacher g, and teacher g+1 after corpus g):
   generate/gG-sKKK  a shard: its share of generate.tokens sampled from teacher/gG (pipeline/lm/sampling.py).
                     text.jsonl: {"text", "tokens"[, "prompt"]} per document, in sequence order.
                     Under `accelerate launch` every process samples its own chunk of each round; the
@@ -22,16 +22,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import Unit, write_json_atomic, write_text_atomic
+from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY, shard_id
 
 NAME = "generate"
-VERSION = 1
-PREPARE_KEY = "prepare/prepare"
+VERSION = 2
 _HELDOUT_STREAM = 0x48454C44  # separates the held-out draw from the sampling seeds
-
-
-def shard_id(generation: int, shard: int) -> str:
-    return f"g{generation}-s{shard:03d}"
 
 
 def shard_tokens(total: int, shards: int, shard: int) -> int:
@@ -39,37 +37,34 @@ def shard_tokens(total: int, shards: int, shard: int) -> int:
     return total // shards + (shard < total % shards)
 
 
-def is_shard(unit_id: str) -> bool:
-    return "-s" in unit_id
-
-
 def plan(cfg, planned) -> list[Unit]:
     from pipeline.lm.sampling import SamplingSettings
-    from pipeline.stages import teacher
 
     gen = cfg.generate
     sampling = SamplingSettings.from_config(gen).as_dict()
+    trust = cfg.teacher.model.trust_remote_code
     units: list[Unit] = []
     for g in range(gen.generations):
-        if g >= 1:  # needs corpus g-1, planned just above: so it is planned here, not by the teacher stage
-            units.append(teacher.teacher_unit(cfg, g))
-        teacher_key = f"teacher/g{g}"
+        teacher_key = artifacts.teacher_key(g)
         shards = []
         for k in range(gen.shards):
             params = {"generation": g, "shard": k, "tokens": shard_tokens(gen.tokens, gen.shards, k),
-                      "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed}
+                      "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed, "trust_remote_code": trust}
             if gen.prompt == "human":
                 params["prompt_tokens"] = gen.prompt_tokens
-            shards.append(Unit(NAME, shard_id(g, k), params, inputs=(teacher_key, PREPARE_KEY), launcher="accelerate"))
+            # The text does not depend on the batch size (counter-based sampling), so it is a setting.
+            shards.append(Unit(NAME, shard_id(g, k), params, inputs=(teacher_key, PREPARE_KEY),
+                               settings={"batch_size": gen.batch_size}, multiprocess=True))
         units += shards
         corpus_params = {"generation": g, "heldout_fraction": gen.heldout_fraction, "tail_rank": gen.tail_rank,
-                         "seed": gen.seed}
-        units.append(Unit(NAME, f"g{g}", corpus_params, inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key)))
+                         "seed": gen.seed, "sampling": {**sampling, "prompt": gen.prompt}}
+        units.append(Unit(NAME, f"g{g}", corpus_params, inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key),
+                          settings={"num_proc": cfg.packing.num_proc}))
     return units
 
 
 def run(ctx) -> dict[str, Any]:
-    return run_shard(ctx) if is_shard(ctx.unit.id) else run_corpus(ctx)
+    return run_shard(ctx) if artifacts.is_shard(ctx.unit.id) else run_corpus(ctx)
 
 
 # ---------------------------------------------------------------- shards
@@ -87,40 +82,29 @@ def load_teacher(model_dir: Path, device, trust_remote_code: bool):
     return model.to(device).eval(), tokenizer
 
 
-def process_state():
-    """accelerate's process state: rank, world size, device (one plain process outside `accelerate launch`).
-
-    cpu=True without CUDA: otherwise a CPU-only `accelerate launch` worker sees no distributed backend.
-    """
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def run_shard(ctx) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
+    from pipeline.distributed import process_state
     from pipeline.lm.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
-    from pipeline.stages import prepare
 
     params, state = ctx.params, process_state()
     g, k = params["generation"], params["shard"]
-    model, tokenizer = load_teacher(Path(ctx.inputs[f"teacher/g{g}"]) / "model", state.device,
-                                    ctx.cfg.teacher.trust_remote_code)
+    model, tokenizer = load_teacher(Path(ctx.inputs[artifacts.teacher_key(g)]) / "model", state.device,
+                                    params["trust_remote_code"])
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"teacher/g{g}: its tokenizer has no EOS token; documents could not end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     seed = derive_seed(params["seed"], g, k)
     if params["prompt"] == "human":  # TRAIN documents only: validation/test text never reaches the teacher
-        prompts = PromptSampler(start_token_id(tokenizer), prepare.documents(Path(ctx.inputs[PREPARE_KEY]), "train"),
+        prompts = PromptSampler(start_token_id(tokenizer), artifacts.documents(Path(ctx.inputs[PREPARE_KEY]), "train"),
                                 lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"],
                                 params["prompt_tokens"], seed)
     else:
         prompts = PromptSampler(start_token_id(tokenizer))
     result = sample_documents(model, SamplingSettings(**params["sampling"]), prompts, target_tokens=params["tokens"],
-                              eos_id=eos, pad_id=pad, seed=seed, batch_size=ctx.cfg.generate.batch_size,
+                              eos_id=eos, pad_id=pad, seed=seed, batch_size=ctx.settings["batch_size"],
                               rank=state.process_index, world=state.num_processes, gather=gather_object,
                               progress=ctx.is_main_process, desc=f"generate {ctx.unit.id}")
     if ctx.is_main_process:
@@ -143,17 +127,6 @@ def run_shard(ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------- corpus
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def corpus_documents(corpus_dir: Path, heldout: bool | None = None) -> list[str]:
-    """Texts of a corpus unit (all, or only the held-out / only the training documents)."""
-    rows = read_jsonl(Path(corpus_dir) / "text.jsonl")
-    return [r["text"] for r in rows if heldout is None or r["heldout"] == heldout]
-
-
 def heldout_mask(n_documents: int, fraction: float, seed: int, generation: int) -> np.ndarray:
     """Which documents are held out: a seeded choice of round(fraction * n) (at least one if fraction > 0)."""
     n_heldout = 0 if fraction == 0 or n_documents < 2 else min(n_documents - 1, max(1, round(fraction * n_documents)))
@@ -167,19 +140,18 @@ def heldout_mask(n_documents: int, fraction: float, seed: int, generation: int) 
 
 def run_corpus(ctx) -> dict[str, Any]:
     from pipeline.data.packing import pack_documents
-    from pipeline.stages import prepare
 
     params, out = ctx.params, Path(ctx.out)
     shard_keys = [k for k in ctx.unit.inputs if k.startswith(f"{NAME}/")]
-    rows = [row for key in shard_keys for row in read_jsonl(Path(ctx.inputs[key]) / "text.jsonl")]
+    rows = [row for key in shard_keys for row in artifacts.shard_rows(ctx.inputs[key])]
     texts = [row["text"] for row in rows]
     if not texts:
         raise UserError(f"generate {ctx.unit.id}: the shards hold no documents; raise generate.tokens")
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    tokenizer = prepare.tokenizer(prepare_dir)
-    block_size = int(ctx.manifest(PREPARE_KEY)["metrics"]["block_size"])
+    tokenizer = artifacts.tokenizer(prepare_dir)
+    block_size = artifacts.block_size(prepare_dir)
     held = heldout_mask(len(texts), params["heldout_fraction"], params["seed"], params["generation"])
-    num_proc = ctx.cfg.packing.num_proc
+    num_proc = ctx.settings["num_proc"]
     packed = pack_documents([t for t, h in zip(texts, held) if not h], tokenizer, block_size, out / "blocks",
                             num_proc=num_proc)
     heldout = (pack_documents([t for t, h in zip(texts, held) if h], tokenizer, block_size, out / "heldout",
@@ -207,21 +179,19 @@ def corpus_statistics(ctx, texts: list[str], prepare_dir: Path, tokenizer) -> di
     """pipeline.lm.diagnostics on this corpus vs prepare's train/test documents, plus the teacher's test scores."""
     from pipeline.data.packing import plain_backend
     from pipeline.lm.diagnostics import corpus_diagnostics
-    from pipeline.stages import prepare
 
     backend = plain_backend(tokenizer)
 
     def tokenize(batch: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in backend.encode_batch_fast(batch, add_special_tokens=False)]
 
-    diagnostics = corpus_diagnostics(texts, prepare.documents(prepare_dir, "train"), prepare.documents(prepare_dir, "test"),
+    diagnostics = corpus_diagnostics(texts, artifacts.documents(prepare_dir, "train"), artifacts.documents(prepare_dir, "test"),
                                      tokenize, ctx.params["tail_rank"], distinct=distinct_via_evaluate())
-    test = ctx.manifest(f"teacher/g{ctx.params['generation']}")["metrics"].get("test") or {}
+    test = ctx.manifest(artifacts.teacher_key(ctx.params["generation"]))["metrics"].get("test") or {}
     diagnostics["synthetic"].update(teacher_test_loss=test.get("loss"), teacher_test_ppl=test.get("perplexity"),
                                     teacher_test_bpb=test.get("bits_per_byte"))
     diagnostics["generation"] = ctx.params["generation"]
-    diagnostics["sampling"] = ctx.cfg.generate.model_dump(include={"temperature", "top_k", "top_p", "max_new_tokens",
-                                                                   "min_new_tokens", "repetition_penalty", "prompt"})
+    diagnostics["sampling"] = ctx.params["sampling"]
     return diagnostics
 
 

@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.mixing import write_mixture
-from pipeline.data.packing import load_blocks
 from pipeline.errors import UserError
 from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "mix"
 VERSION = 1
-PREPARE_KEY = "prepare/prepare"
-
-
-def generation_key(generation: int) -> str:
-    return f"generate/g{generation}"
 
 
 def unit_id(generation: int, fraction: float, budget: int) -> str:
@@ -47,18 +43,18 @@ def plan(cfg, planned) -> list[Unit]:
                 params = {"generation": generation, "fraction": fraction, "budget": budget, "mode": mix.mode,
                           "seed": mix.seed, "block_size": cfg.packing.block_size}
                 # A p = 0 mixture reads no synthetic text: without the input, regenerating leaves it done.
-                inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, generation_key(generation))
+                inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, artifacts.corpus_key(generation))
                 units.append(Unit(NAME, unit_id(generation, fraction, budget), params, inputs))
     return units
 
 
 def run(ctx) -> dict[str, Any]:
     params = ctx.params
-    human = load_blocks(Path(ctx.inputs[PREPARE_KEY]) / "train", torch_format=False)
+    human = artifacts.blocks(ctx.inputs[PREPARE_KEY], "train")
     synthetic = None
     if params["fraction"] > 0:
-        synthetic_dir = Path(ctx.inputs[generation_key(params["generation"])]) / "blocks"
-        synthetic = load_blocks(synthetic_dir, torch_format=False)
+        synthetic_dir = Path(ctx.inputs[artifacts.corpus_key(params["generation"])]) / "blocks"
+        synthetic = artifacts.blocks(synthetic_dir.parent, "blocks")
         _check_same_vocabulary(ctx, synthetic, synthetic_dir)
     stats = write_mixture(human, synthetic, params["fraction"], params["budget"], params["block_size"],
                           params["mode"], params["seed"], Path(ctx.out) / "blocks",
@@ -72,11 +68,9 @@ def _check_same_vocabulary(ctx, synthetic, synthetic_dir: Path) -> None:
     """Synthetic ids must come from the run's tokenizer; an id past its vocabulary means they do not."""
     import pyarrow.compute as pc
 
-    from pipeline.data.tokenizer import load_tokenizer
-
     if len(synthetic) == 0:
         return
-    vocab = len(load_tokenizer(Path(ctx.inputs[PREPARE_KEY]) / "tokenizer"))
+    vocab = len(artifacts.tokenizer(ctx.inputs[PREPARE_KEY]))
     largest = pc.max(pc.list_flatten(synthetic.data.column("input_ids"))).as_py()
     if largest is not None and largest >= vocab:
         raise UserError(f"mix: {synthetic_dir} holds token id {largest}, outside the run's tokenizer "

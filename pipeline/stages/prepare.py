@@ -6,7 +6,7 @@ One unit, `prepare/prepare`, at runs/NAME/prepare/:
                                 final partial block so evaluation sees every token
   docs/{train,validation,test}/ datasets with the raw `text` of each document (generation prompts,
                                 diagnostics)
-The readers at the bottom (`documents`, `tokenizer`, `blocks`) are what later stages use.
+Later stages read these through pipeline/stages/artifacts.py (documents, tokenizer, blocks, block_size).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pipeline.data.sources import load_documents
 from pipeline.data.splits import SPLITS, deduplicate, split_documents
 from pipeline.data.tokenizer import (
     load_pretrained_tokenizer,
-    load_tokenizer,
     save_tokenizer,
     token_byte_lengths,
     train_bpe_tokenizer,
@@ -37,7 +36,8 @@ REFERENCE = "builtin:reference-language"
 
 
 def plan(cfg, planned) -> list[Unit]:
-    return [Unit(NAME, NAME, prepare_params(cfg))]
+    settings = {"streaming": cfg.corpus.streaming, "num_proc": cfg.packing.num_proc}  # same output either way
+    return [Unit(NAME, NAME, prepare_params(cfg), settings=settings)]
 
 
 def prepare_params(cfg) -> dict[str, Any]:
@@ -60,8 +60,8 @@ def prepare_params(cfg) -> dict[str, Any]:
     if tok.kind == "bpe":
         tokenizer: dict[str, Any] = {"kind": "bpe", "vocab_size": tok.vocab_size}
     else:
-        tokenizer = {"kind": "pretrained", "path": tok.path or cfg.teacher.pretrained,
-                     "trust_remote_code": cfg.teacher.trust_remote_code}
+        tokenizer = {"kind": "pretrained", "path": tok.path or cfg.teacher.model.pretrained,
+                     "trust_remote_code": cfg.teacher.model.trust_remote_code}
     return {"corpus": source, "tokenizer": tokenizer, "block_size": cfg.packing.block_size}
 
 
@@ -70,7 +70,7 @@ def run(ctx) -> dict[str, Any]:
     corpus = params["corpus"]
     docs = load_documents(corpus["source"], text_field=corpus.get("text_field", "text"),
                           split=corpus.get("split", "train"), max_documents=corpus["max_documents"],
-                          streaming=ctx.cfg.corpus.streaming, min_chars=corpus.get("min_chars", 0),
+                          streaming=ctx.settings["streaming"], min_chars=corpus.get("min_chars", 0),
                           txt_mode=corpus.get("txt_mode", "blocks"),
                           reference=corpus.get("reference"))
     unique, duplicates = deduplicate(docs)
@@ -86,7 +86,7 @@ def run(ctx) -> dict[str, Any]:
                                "vocab_size": len(tokenizer), "block_size": params["block_size"], "splits": {}}
     for name in SPLITS:
         stats = pack_documents(splits[name], tokenizer, params["block_size"], out / name,
-                               num_proc=ctx.cfg.packing.num_proc, keep_remainder=name != "train")
+                               num_proc=ctx.settings["num_proc"], keep_remainder=name != "train")
         stats["token_bytes"] = _token_bytes(out / name, byte_lengths)
         if stats["token_bytes"] != stats["bytes"] and name != "train":
             # Only exact for byte-level vocabularies; a normalising tokenizer changes the text it encodes.
@@ -108,7 +108,7 @@ def _make_tokenizer(spec: dict[str, Any], train_texts: list[str], out_dir: Path)
     if spec["kind"] == "bpe":
         return train_bpe_tokenizer(train_texts, spec["vocab_size"], out_dir)
     if not spec.get("path"):
-        raise UserError("tokenizer.path: tokenizer.kind: pretrained needs tokenizer.path or teacher.pretrained")
+        raise UserError("tokenizer.path: tokenizer.kind: pretrained needs tokenizer.path or teacher.model.pretrained")
     from pipeline.lm.pretrained import resolve  # gguf:... spellings become the converted checkpoint dir
 
     path = resolve(spec["path"], trust_remote_code=spec["trust_remote_code"])
@@ -136,33 +136,3 @@ def _reference_entropies(reference: dict[str, Any], splits: dict[str, list[str]]
                         # distribution's document-length term pays for those predictions.
                         "nats_per_token": nats / packed[name]["tokens"], "nats": nats}
     return result
-
-
-# ---------------------------------------------------------------- readers for later stages
-
-
-def tokenizer(prepare_dir: str | Path):
-    """The run's tokenizer (written by prepare)."""
-    return load_tokenizer(Path(prepare_dir) / "tokenizer")
-
-
-def blocks(prepare_dir: str | Path, split: str, *, torch_format: bool = True):
-    """Packed blocks of `split` (train, validation or test)."""
-    _check_split(split)
-    return load_blocks(Path(prepare_dir) / split, torch_format=torch_format)
-
-
-def documents(prepare_dir: str | Path, split: str) -> list[str]:
-    """The raw text of every document of `split`, in split order."""
-    from datasets import Dataset
-
-    _check_split(split)
-    path = Path(prepare_dir) / "docs" / split
-    if not (path / "state.json").is_file():
-        raise UserError(f"prepare: {path} is missing; run the prepare stage first")
-    return Dataset.load_from_disk(str(path))["text"]
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"split: {split!r} is not valid; valid: {', '.join(SPLITS)}")

@@ -2,19 +2,18 @@
 
 runs/NAME/teacher/gG/:
   model/      plain transformers checkpoint (safetensors, LoRA merged) + its tokenizer: what generate loads
-  log.jsonl, tb/, checkpoints (while running)   when the teacher trains (the shared loop, pipeline/lm/training/loop.py)
+  log.jsonl, tb/, checkpoints (while running)   when the teacher trains (pipeline/lm/training/loop.py)
 Manifest metrics: how it was made, the trainer's metrics, and `test` = its loss / perplexity / bits per
 byte on the human test split (tokenised with the teacher's own tokenizer; on a CPU capped, see below).
 
-init: scratch     `teacher.model` trained on the human train split (prepare's train/ blocks), as in the
-                  Strong Model Collapse experiment.
-init: pretrained  `teacher.pretrained` (a dir, a hub id, gguf:PACKAGE or a .gguf file; see
-                  pipeline/lm/pretrained.py), fine-tuned on the human train split with finetune: full | lora,
-                  or used as is with finetune: none.
+Scratch (teacher.model.pretrained empty): `teacher.model` trained on the human train split (prepare's
+train/ blocks), as in the Strong Model Collapse experiment. Pretrained: `teacher.model.pretrained` (a
+dir, a hub id, gguf:PACKAGE or a .gguf file; see pipeline/lm/pretrained.py), fine-tuned on the human
+train split with model.finetune: full | lora, or used as is with finetune: none.
 Generation g >= 1 starts from the same init and trains on generate/g{g-1}'s synthetic blocks (mode
 replace) or on the human train split plus every corpus so far (mode accumulate), validating on the
-matching held-out text. Those units are planned by the generate stage (they need its corpus units,
-which are planned after this stage), through `teacher_unit`.
+matching held-out text. This stage plans every generation; the runner orders teacher g after the
+corpus units it reads.
 """
 
 from __future__ import annotations
@@ -22,20 +21,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
 from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "teacher"
-VERSION = 1
-PREPARE_KEY = "prepare/prepare"
+VERSION = 2
 # The teacher's test loss is a diagnostic (students are what evaluate measures). On a CPU it uses the
 # first test tokens that fit in this many forward FLOPs (2 x parameters per token): every test token of
 # the 0.9M demo teacher, ~7k for SmolLM2-135M (seconds, not minutes). On a GPU: every test token.
 TEACHER_TEST_CPU_FLOPS = 2e12
-
-
-def corpus_key(generation: int) -> str:
-    return f"generate/g{generation}"
 
 
 def training_corpora(generation: int, mode: str) -> list[int]:
@@ -45,39 +40,22 @@ def training_corpora(generation: int, mode: str) -> list[int]:
     return [generation - 1] if mode == "replace" else list(range(generation))
 
 
-def trains(cfg) -> bool:
-    return cfg.teacher.init == "scratch" or cfg.teacher.finetune != "none"
-
-
 def teacher_unit(cfg, generation: int) -> Unit:
-    """Teacher of generation g. Its params carry this stage's VERSION: units of g >= 1 are added by the
-    generate stage's plan, whose VERSION the runner hashes in."""
-    from pipeline.stages.train import model_slice
-
     t = cfg.teacher
-    params: dict[str, Any] = {"teacher_version": VERSION, "generation": generation, "init": t.init,
-                              "seed": generation}
-    if t.init == "scratch":
-        params["model"] = model_slice(t.model)
-    else:
-        from pipeline.lm.pretrained import identity
-
-        params.update(pretrained=identity(t.pretrained), finetune=t.finetune, trust_remote_code=t.trust_remote_code)
-        if t.finetune == "lora":
-            params["lora"] = t.lora.model_dump(mode="json")
-    if trains(cfg):
-        params["training"] = t.training_slice()
+    params: dict[str, Any] = {"generation": generation, "seed": generation, "model": t.model.result_fields(),
+                              "checkpoint": t.model.checkpoint_identity()}
+    if t.trains:
+        params["training"] = t.training.result_fields()
         params["human"] = generation == 0 or cfg.generate.mode == "accumulate"
         params["corpora"] = training_corpora(generation, cfg.generate.mode)
-    inputs = (PREPARE_KEY, *(corpus_key(k) for k in params.get("corpora", [])))
-    return Unit(NAME, f"g{generation}", params, inputs=inputs, launcher="accelerate", resumable=True)
+    settings = {"training": t.training.settings(), "eval_batch_size": cfg.evaluate.batch_size,
+                "run_info": {"project": cfg.name, "name": f"{NAME}/g{generation}"}}
+    inputs = (PREPARE_KEY, *(artifacts.corpus_key(k) for k in params.get("corpora", [])))
+    return Unit(NAME, f"g{generation}", params, inputs=inputs, settings=settings, multiprocess=True, resumable=True)
 
 
 def plan(cfg, planned) -> list[Unit]:
-    if cfg.generate.generations > 1 and not trains(cfg):
-        raise UserError("teacher.finetune: none cannot make later generations (generate.generations is "
-                        f"{cfg.generate.generations}): teacher g>=1 trains on synthetic text; set finetune: full or lora")
-    return [teacher_unit(cfg, 0)]
+    return [teacher_unit(cfg, g) for g in range(cfg.generate.generations)]
 
 
 # ---------------------------------------------------------------- run
@@ -86,15 +64,14 @@ def plan(cfg, planned) -> list[Unit]:
 def run(ctx) -> dict[str, Any]:
     import torch
 
-    from pipeline.data.tokenizer import load_tokenizer
-
     params, out = ctx.params, Path(ctx.out)
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    block_size = int(ctx.manifest(PREPARE_KEY)["metrics"]["block_size"])
-    run_tokenizer = load_tokenizer(prepare_dir / "tokenizer")
+    block_size = artifacts.block_size(prepare_dir)
+    run_tokenizer = artifacts.tokenizer(prepare_dir)
     torch.manual_seed(params["seed"])
     model, tokenizer = _initial_model(ctx, run_tokenizer, block_size)
-    metrics: dict[str, Any] = {"generation": params["generation"], "init": params["init"]}
+    metrics: dict[str, Any] = {"generation": params["generation"],
+                               "init": "pretrained" if params["model"].get("pretrained") else "scratch"}
     if "training" in params:
         from pipeline.lm.training.loop import train_model
 
@@ -102,7 +79,7 @@ def run(ctx) -> dict[str, Any]:
         metrics["data"] = {"human": params["human"], "corpora": params["corpora"], "train_blocks": len(train_blocks),
                            "validation_blocks": len(val_blocks)}
         metrics.update(train_model(model, train_blocks, val_blocks, _training_config(ctx), out, params["seed"],
-                                   ctx.log, desc=f"teacher {ctx.unit.id}"))
+                                   ctx.log, desc=f"teacher {ctx.unit.id}", run_info=_run_info(ctx)))
     elif ctx.is_main_process:
         model.save_pretrained(str(out / "model"))  # safetensors: generate loads every teacher the same way
     if ctx.is_main_process:
@@ -115,25 +92,22 @@ def run(ctx) -> dict[str, Any]:
 
 def _initial_model(ctx, run_tokenizer, block_size: int):
     """(model, its tokenizer): a fresh scratch model on the run's tokenizer, or the pretrained one."""
-    from pipeline.config import LoraConfig, ModelConfig
+    from pipeline.config import ModelConfig
     from pipeline.lm.models import build_model
 
-    params = ctx.params
-    if params["init"] == "scratch":
-        model_cfg = ModelConfig.model_validate(params["model"])
+    model_cfg = ModelConfig.model_validate(ctx.params["model"])
+    if not model_cfg.pretrained:
         return build_model(model_cfg, len(run_tokenizer), block_size, run_tokenizer.bos_token_id,
                            run_tokenizer.eos_token_id), run_tokenizer
     from pipeline.lm.pretrained import load_model, load_tokenizer, resolve
 
-    spec, trust = ctx.cfg.teacher.pretrained, params["trust_remote_code"]
+    spec, trust = model_cfg.pretrained, model_cfg.trust_remote_code
     _resolve_once(ctx, spec, trust)  # a GGUF file is converted by the main process, then read by all
     path = resolve(spec, trust)
     tokenizer = load_tokenizer(path, trust_remote_code=trust)
-    if params["finetune"] == "none":
+    if model_cfg.finetune == "none":
         return load_model(path, trust_remote_code=trust), tokenizer
-    model_cfg = ModelConfig(family="llama", size=None, pretrained=path, finetune=params["finetune"],
-                            lora=LoraConfig.model_validate(params.get("lora", {})), trust_remote_code=trust)
-    return build_model(model_cfg, len(tokenizer), block_size), tokenizer
+    return build_model(model_cfg.model_copy(update={"pretrained": path}), len(tokenizer), block_size), tokenizer
 
 
 def _resolve_once(ctx, spec: str, trust: bool) -> None:
@@ -141,16 +115,18 @@ def _resolve_once(ctx, spec: str, trust: bool) -> None:
 
     if ctx.is_main_process:
         resolve(spec, trust)
-    from pipeline.stages.generate import process_state
-
-    process_state().wait_for_everyone()
+    ctx.processes.barrier()
 
 
 def _training_config(ctx):
+    """The fingerprinted training fields plus the unit's settings (log/checkpoint intervals, compile, trackers)."""
     from pipeline.config import TrainingConfig
 
-    bookkeeping = ctx.cfg.teacher.model_dump(include={"checkpoint_every", "keep_checkpoints", "log_every"})
-    return TrainingConfig.model_validate({**ctx.params["training"], **bookkeeping})
+    return TrainingConfig.model_validate({**ctx.params["training"], **ctx.settings["training"]})
+
+
+def _run_info(ctx) -> dict[str, Any]:
+    return {**ctx.settings["run_info"], "config": ctx.params}
 
 
 def same_vocabulary(a, b) -> bool:
@@ -167,7 +143,7 @@ def training_data(ctx, tokenizer, run_tokenizer, block_size: int):
 
     params = ctx.params
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    corpora = [Path(ctx.inputs[corpus_key(k)]) for k in params["corpora"]]
+    corpora = [Path(ctx.inputs[artifacts.corpus_key(k)]) for k in params["corpora"]]
     if not same_vocabulary(tokenizer, run_tokenizer):
         return _repacked(ctx, tokenizer, block_size, prepare_dir, corpora)
     from pipeline.data.packing import load_blocks
@@ -182,23 +158,19 @@ def training_data(ctx, tokenizer, run_tokenizer, block_size: int):
 
 def _repacked(ctx, tokenizer, block_size: int, prepare_dir: Path, corpora: list[Path]):
     from pipeline.data.packing import load_blocks, pack_documents
-    from pipeline.stages import prepare
-    from pipeline.stages.generate import corpus_documents
 
-    train_docs = list(prepare.documents(prepare_dir, "train")) if ctx.params["human"] else []
+    train_docs = list(artifacts.documents(prepare_dir, "train")) if ctx.params["human"] else []
     validation_docs = []
     for corpus in corpora:
-        train_docs += corpus_documents(corpus, heldout=False)
-        validation_docs += corpus_documents(corpus, heldout=True)
+        train_docs += artifacts.corpus_documents(corpus, heldout=False)
+        validation_docs += artifacts.corpus_documents(corpus, heldout=True)
     if ctx.params["human"] or not validation_docs:
-        validation_docs = list(prepare.documents(prepare_dir, "validation")) + validation_docs
+        validation_docs = list(artifacts.documents(prepare_dir, "validation")) + validation_docs
     data = Path(ctx.out) / "data"
     if ctx.is_main_process:
         pack_documents(train_docs, tokenizer, block_size, data / "train")
         pack_documents(validation_docs, tokenizer, block_size, data / "validation", keep_remainder=True)
-    from pipeline.stages.generate import process_state
-
-    process_state().wait_for_everyone()
+    ctx.processes.barrier()
     return load_blocks(data / "train", torch_format=False), load_blocks(data / "validation", torch_format=False)
 
 
@@ -210,12 +182,13 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
     from pipeline.data.packing import concatenated_ids, tokenize_documents
     from pipeline.data.tokenizer import token_byte_lengths
     from pipeline.lm.evaluation import evaluate_stream
-    from pipeline.stages import prepare
+    from pipeline.distributed import default_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 trust_remote_code=ctx.cfg.teacher.trust_remote_code).to(device).eval()
-    documents = prepare.documents(Path(ctx.inputs[PREPARE_KEY]), "test")
+    device = default_device()
+    trust = bool(ctx.params["model"].get("trust_remote_code", False))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust,
+                                                 use_safetensors=True).to(device).eval()
+    documents = artifacts.documents(Path(ctx.inputs[PREPARE_KEY]), "test")
     ids = concatenated_ids(tokenize_documents(list(documents), tokenizer)).astype("int64")
     if device.type == "cpu":
         limit = max(block_size, int(TEACHER_TEST_CPU_FLOPS / (2 * sum(p.numel() for p in model.parameters()))))
@@ -223,6 +196,6 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
     else:
         capped = False
     result = evaluate_stream(model, ids, window=block_size, eos_id=tokenizer.eos_token_id,
-                             byte_lengths=token_byte_lengths(tokenizer), batch_size=ctx.cfg.evaluate.batch_size,
+                             byte_lengths=token_byte_lengths(tokenizer), batch_size=ctx.settings["eval_batch_size"],
                              device=device, progress=True, desc=f"teacher {ctx.unit.id} test")
     return {**{k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}, "capped": capped}

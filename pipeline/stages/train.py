@@ -15,72 +15,63 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
 from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "train"
 VERSION = 1
-PREPARE_KEY = "prepare/prepare"
 
 
 def unit_id(label: str, mix_id: str, seed: int) -> str:
     return f"{label}-{mix_id}-s{seed}"
 
 
-def model_slice(model_cfg) -> dict[str, Any]:
-    """What determines the student's architecture and init: resolved dimensions (scratch) or the
-    checkpoint and fine-tuning method (pretrained). A valid ModelConfig on its own."""
-    if model_cfg.pretrained:
-        keep = {"family", "pretrained", "finetune", "trust_remote_code"} | ({"lora"} if model_cfg.finetune == "lora" else set())
-        return {**model_cfg.model_dump(mode="json", include=keep), "size": None}
-    from pipeline.lm.models import model_dims
-
-    return {"family": model_cfg.family, "size": None, "dropout": model_cfg.dropout, **model_dims(model_cfg)}
-
-
 def plan(cfg, planned) -> list[Unit]:
-    training = cfg.train.training_slice()
+    training, settings = cfg.train.training.result_fields(), cfg.train.training.settings()
     units = []
     for student in cfg.train.students:
-        student_params = model_slice(student)
+        student_params = student.result_fields()
+        checkpoint = student.checkpoint_identity()
         for mix_unit in planned.units("mix"):
             for seed in cfg.train.seeds:
-                params = {"student": student.label, "model": student_params, "training": training, "seed": seed}
-                units.append(Unit(NAME, unit_id(student.label, mix_unit.id, seed), params,
-                                  inputs=(mix_unit.key, PREPARE_KEY), launcher="accelerate", resumable=True))
+                uid = unit_id(student.label, mix_unit.id, seed)
+                params = {"student": student.label, "model": student_params, "checkpoint": checkpoint,
+                          "training": training, "seed": seed}
+                run_info = {"project": cfg.name, "name": f"{NAME}/{uid}"}
+                units.append(Unit(NAME, uid, params, inputs=(mix_unit.key, PREPARE_KEY),
+                                  settings={"training": settings, "run_info": run_info},
+                                  multiprocess=True, resumable=True))
     return units
 
 
 def training_config(ctx):
-    """The fingerprinted training fields plus this config's bookkeeping (log/checkpoint intervals)."""
+    """The fingerprinted training fields plus the unit's settings (log/checkpoint intervals, compile, trackers)."""
     from pipeline.config import TrainingConfig
 
-    bookkeeping = ctx.cfg.train.model_dump(include={"checkpoint_every", "keep_checkpoints", "log_every"})
-    return TrainingConfig.model_validate({**ctx.params["training"], **bookkeeping})
+    return TrainingConfig.model_validate({**ctx.params["training"], **ctx.settings["training"]})
 
 
 def run(ctx) -> dict[str, Any]:
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.data.packing import load_blocks
-    from pipeline.data.tokenizer import load_tokenizer
     from pipeline.lm.models import build_model
     from pipeline.lm.training.loop import train_model
 
     params, out = ctx.params, Path(ctx.out)
     mix_key = ctx.unit.inputs[0]
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    tokenizer = load_tokenizer(prepare_dir / "tokenizer")
-    train_blocks = load_blocks(Path(ctx.inputs[mix_key]) / "blocks", torch_format=False)
-    val_blocks = load_blocks(prepare_dir / "validation", torch_format=False)
-    block_size = _block_size(ctx, prepare_dir)
+    tokenizer = artifacts.tokenizer(prepare_dir)
+    train_blocks = artifacts.blocks(ctx.inputs[mix_key], "blocks")
+    val_blocks = artifacts.blocks(prepare_dir, "validation")
+    block_size = artifacts.block_size(prepare_dir)
 
     torch.manual_seed(params["seed"])  # the init depends on the seed (and nothing else)
     model_cfg = ModelConfig.model_validate(params["model"])
     model = build_model(model_cfg, len(tokenizer), block_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
     metrics = train_model(model, train_blocks, val_blocks, training_config(ctx), out, params["seed"], ctx.log,
-                          desc=ctx.unit.id)
+                          desc=ctx.unit.id, run_info={**ctx.settings["run_info"], "config": params})
     if ctx.is_main_process:
         tokenizer.save_pretrained(str(out / "model"))
         ctx.log.info("train %s: %d steps, best val loss %.4f, %.0f tokens/s, MFU %.3f", ctx.unit.id,
@@ -88,10 +79,3 @@ def run(ctx) -> dict[str, Any]:
                      metrics["mfu"] or 0)
     return {"student": params["student"], "family": model.config.model_type, "mix": mix_key.split("/", 1)[1],
             "seed": params["seed"], **metrics}
-
-
-def _block_size(ctx, prepare_dir: Path) -> int:
-    block_size = ctx.manifest(PREPARE_KEY).get("metrics", {}).get("block_size")
-    if block_size is None:
-        raise UserError(f"train: {prepare_dir}/manifest.json has no block_size; rerun the prepare stage")
-    return int(block_size)

@@ -1,6 +1,6 @@
 """Stages with the real stage shape for the Slurm tests: prepare -> mix -> train -> evaluate, no ML.
 
-They exercise what Slurm adds, fast: train units declare launcher="accelerate" and resumable=True,
+They exercise what Slurm adds, fast: train units declare multiprocess=True and resumable=True,
 run in every process of a (multi-node) launch, and keep the training loop's contract with the batch
 script — on SIGUSR1/SIGTERM the main process saves a checkpoint and every process exits 75; a rerun
 resumes from the checkpoint and ends with the same result. Every unit appends "KEY start|end TIME
@@ -73,8 +73,8 @@ def run_mix(ctx):
 
 
 def plan_train(cfg, planned):
-    return [Unit("train", f"{cfg.train.students[0].label}-{m.id}", {"lr": cfg.train.lr, "steps": TRAIN_STEPS},
-                 (m.key,), launcher="accelerate", resumable=True) for m in planned.units("mix")]
+    return [Unit("train", f"{cfg.train.students[0].label}-{m.id}", {"lr": cfg.train.training.lr, "steps": TRAIN_STEPS},
+                 (m.key,), multiprocess=True, resumable=True) for m in planned.units("mix")]
 
 
 def run_train(ctx):

@@ -2,7 +2,7 @@
 
 The child processes run `python -m pipeline stage STAGE RESOLVED_CONFIG --unit ID`; its main process
 takes the unit lock and finalizes, exactly as a Slurm array task would. Units that do not declare
-launcher="accelerate" (prepare, mix, fit, ...) run here in-process.
+multiprocess=True (prepare, mix, fit, ...) run here in-process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class AccelerateLauncher:
         return cmd + (["--force"] if force else [])
 
     def launch(self, executor: Executor, unit: Unit) -> UnitOutcome:
-        if unit.launcher != "accelerate":
+        if not unit.multiprocess:
             return executor.execute(unit)
         started = time.time()
         log_path = executor.run_dir.log_file(unit).with_suffix(".launch.log")
@@ -44,6 +44,10 @@ class AccelerateLauncher:
             raise RuntimeError(f"accelerate launch exited {proc.returncode}; log: {log_path}")
         status = executor.state(unit)
         return UnitOutcome(unit, "ran" if status == "done" else status, time.time() - started)
+
+
+    def unit_states(self, cfg, executor) -> dict[str, str]:
+        return {}  # the children run inside launch(); nothing is queued
 
 
 def _last_error_line(path: Path) -> str | None:

@@ -9,3 +9,6 @@ from pipeline.orchestration.runner import Unit
 class LocalLauncher:
     def launch(self, executor: Executor, unit: Unit) -> UnitOutcome:
         return executor.execute(unit)
+
+    def unit_states(self, cfg, executor) -> dict[str, str]:
+        return {}  # nothing runs outside this process

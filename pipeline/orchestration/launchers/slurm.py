@@ -32,7 +32,8 @@ from pipeline.errors import UserError
 from pipeline.orchestration.executor import Executor
 from pipeline.orchestration.launchers import slurm_state
 from pipeline.orchestration.launchers.slurm_templates import render_script, sbatch_options, task_shape
-from pipeline.orchestration.runner import Unit, write_json_atomic, write_text_atomic
+from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.orchestration.runner import Unit
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, used when the cluster cannot be asked
 ENTRY = ["-m", "pipeline"]  # python arguments that start the collapse CLI in an array task
@@ -77,7 +78,7 @@ def plan_arrays(units: list[Unit], queued: dict[str, str], max_array_size: int) 
     levels = unit_levels(units)
     waves: dict[tuple[int, str, str], list[Unit]] = {}
     for unit in units:  # one launcher per array: accelerate units and plain ones start differently
-        waves.setdefault((levels[unit.key], unit.stage, unit.launcher), []).append(unit)
+        waves.setdefault((levels[unit.key], unit.stage, unit.multiprocess), []).append(unit)
     order = sorted(waves, key=lambda wave: (wave[0], STAGES.index(wave[1]), wave[2]))
     arrays: list[ArrayJob] = []
     array_of: dict[str, str] = {}
@@ -191,33 +192,35 @@ def _max_array_size(cfg: Config) -> int:
 def _submission_dir(cfg: Config, dry_run: bool) -> Path:
     root = (cfg.run_dir / "slurm").resolve()
     if dry_run:
-        directory = root / "dry-run"
-        for old in directory.glob("*"):
-            old.unlink()
-    else:
-        numbers = [int(p.name.split("-")[1]) for p in root.glob("submit-[0-9]*") if p.name.split("-")[1].isdigit()]
-        directory = root / f"submit-{max(numbers, default=0) + 1:03d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+        return root / "dry-run"  # emptied by _render once every script rendered
+    numbers = [int(p.name.split("-")[1]) for p in root.glob("submit-[0-9]*") if p.name.split("-")[1].isdigit()]
+    return root / f"submit-{max(numbers, default=0) + 1:03d}"
 
 
 def _render(cfg: Config, arrays: list[ArrayJob], directory: Path, config: Path, entry: list[str]) -> None:
+    """Render every script first (bad slurm values are refused before anything is written), then write them."""
     submit_dir = Path.cwd().resolve()
     run_dir = cfg.run_dir.resolve()
     logs = run_dir / "logs" / "slurm"
-    logs.mkdir(parents=True, exist_ok=True)  # Slurm does not create the directory of --output
+    scripts = []
     for array in arrays:
         resources = cfg.slurm.for_stage(array.stage)
-        shape = task_shape(array.units[0].launcher, resources)  # one launcher per array (plan_arrays)
+        shape = task_shape(array.units[0].multiprocess, resources)  # one launcher per array (plan_arrays)
         units_file = directory / f"{array.name}.units"
-        write_text_atomic(units_file, "".join(f"{u.id}\n" for u in array.units))
         options = sbatch_options(resources, cfg.slurm, job_name=f"{cfg.name}.{array.name}",
                                  array_size=len(array.units), chdir=submit_dir,
-                                 log_pattern=logs / f"{array.name}.%A_%a.out", shape=shape)
-        array.script = directory / f"{array.name}.sbatch"
-        write_text_atomic(array.script, render_script(
+                                 log_pattern=logs / f"{array.name}.%A_%a.out", shape=shape, stage=array.stage)
+        scripts.append(render_script(
             shape, options=options, slurm=cfg.slurm, python=sys.executable, entry=entry, stage=array.stage,
             run_dir=run_dir, config=config, units_file=units_file))
+    logs.mkdir(parents=True, exist_ok=True)  # Slurm does not create the directory of --output
+    for old in directory.glob("*"):  # only the dry-run directory is ever reused
+        old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    for array, script in zip(arrays, scripts):
+        write_text_atomic(directory / f"{array.name}.units", "".join(f"{u.id}\n" for u in array.units))
+        array.script = directory / f"{array.name}.sbatch"
+        write_text_atomic(array.script, script)
 
 
 def _sbatch_command(array: ArrayJob, dependency: str | None) -> list[str]:
@@ -308,3 +311,14 @@ def _short(path: str) -> str:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+class SlurmLauncher:
+    """The launcher contract on Slurm: units are submitted as job arrays (`collapse submit`), so
+    `launch` is a whole-plan `submit`; `unit_states` reads what Slurm says of each submitted unit."""
+
+    def submit(self, cfg: Config, executor: Executor, stages: list[str], resolved: Path, dry_run: bool = False) -> int:
+        return submit(cfg, executor, stages, resolved, dry_run=dry_run)
+
+    def unit_states(self, cfg: Config, executor: Executor) -> dict[str, str]:
+        return unit_states(cfg, executor)

@@ -1,25 +1,22 @@
-"""Typed configuration: a pydantic v2 schema loaded from YAML.
+"""The typed schema of a config (pydantic v2): every field with its default and what it does.
 
-A config is data, never code: YAML is read with `safe_load`, `base:` chains are merged as dicts,
-`--set key.path=value` overrides are parsed as YAML scalars. Every field is documented here and,
-with its default, in `configs/demo.yaml`. Any error becomes one line naming the file, the key path
-and what would be valid (`ConfigError`, a `UserError`: the CLI exits 2 before anything is written).
+Sections nest instead of inheriting: `teacher.model` and each of `train.students` is one ModelConfig
+(the one place for pretrained / finetune / lora / trust_remote_code), `teacher.training` and
+`train.training` are one TrainingConfig. configs/demo.yaml lists every field with a comment.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
-from pipeline.lm.presets import PRESETS
+from pipeline.lm.presets import PRESETS, model_dims
 
 STAGES = ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report")
-StageName = Literal["prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report"]
+StageName = Literal[STAGES]  # type: ignore[valid-type]  # derived from the one stage list
 SOURCE_SCHEMES = ("hf:", "files:", "builtin:wikipedia", "builtin:reference-language")
 
 
@@ -112,8 +109,8 @@ class ModelConfig(Section):
     n_kv_head: int | None = Field(None, ge=1, description="Key/value heads (llama, grouped-query attention).")
     intermediate_size: int | None = Field(None, ge=8, description="MLP width (llama).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout everywhere (0: ~40% faster on CPU).")
-    pretrained: str | None = Field(None, description="Start from this checkpoint (path or hub id) instead of random init.")
-    finetune: Literal["full", "lora"] = Field("full", description="With pretrained: full fine-tuning or LoRA.")
+    pretrained: str | None = Field(None, description="Start from this checkpoint instead of random init: a directory, a hub id (cached; nothing is downloaded offline), gguf:PACKAGE or a .gguf file.")
+    finetune: Literal["none", "full", "lora"] = Field("full", description="With pretrained: full fine-tuning, LoRA, or none (teacher only: use it as is).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the checkpoint (off: safer).")
 
@@ -123,12 +120,28 @@ class ModelConfig(Section):
             raise ValueError(f"unknown size {self.size!r} for family {self.family}; valid: {', '.join(PRESETS[self.family])}")
         return self
 
+    def result_fields(self) -> dict[str, Any]:
+        """What determines the model's architecture and init (fingerprinted): resolved dimensions
+        (scratch), or the checkpoint and fine-tuning method (pretrained). A valid ModelConfig on its own."""
+        if self.pretrained:
+            keep = {"family", "pretrained", "finetune", "trust_remote_code"} | ({"lora"} if self.finetune == "lora" else set())
+            return {**self.model_dump(mode="json", include=keep), "size": None}
+        return {"family": self.family, "size": None, "dropout": self.dropout, **model_dims(self)}
+
+    def checkpoint_identity(self) -> dict[str, Any] | None:
+        """The pretrained checkpoint's content identity (sizes, hashes), so that a changed file reruns units."""
+        if not self.pretrained:
+            return None
+        from pipeline.lm.pretrained import identity
+
+        return identity(self.pretrained)
+
     @property
     def label(self) -> str:
         if self.name:
             return self.name
         if self.pretrained:
-            return Path(self.pretrained).name.replace("/", "-")
+            return Path(self.pretrained.removeprefix("gguf:")).name.replace("/", "-")
         return f"{self.family}-{self.size or 'custom'}"
 
 
@@ -153,36 +166,39 @@ class TrainingConfig(Section):
     checkpoint_every: int = Field(200, ge=0, description="Checkpoint every N steps (0: only on SIGTERM/SIGUSR1).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints while training.")
     log_every: int = Field(10, ge=1, description="Log loss, lr, tokens/s, MFU every N steps.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model: auto = on for CUDA, off on CPU (where it does not pay).")
+    trackers: list[str] = Field(["tensorboard"], description="Accelerate trackers (log_with): tensorboard, wandb, mlflow, aim, comet_ml; offline by default; [] for none.")
 
-    def training_slice(self) -> dict[str, Any]:
-        """The fields that change what a trained model is (hashed into fingerprints).
+    # How often we log, checkpoint or compile, and where metrics go, does not change the model: these
+    # are settings (not fingerprinted), so changing them never redoes a finished unit.
+    SETTINGS: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoints", "log_every", "compile",
+                                                    "trackers"})
 
-        How often we log or checkpoint does not change the model, so those stay out: changing them
-        must not redo finished units.
-        """
-        bookkeeping = {"checkpoint_every", "keep_checkpoints", "log_every"}
-        return self.model_dump(mode="json", include=set(TrainingConfig.model_fields) - bookkeeping)
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that change what a trained model is (hashed into fingerprints)."""
+        return self.model_dump(mode="json", exclude=set(self.SETTINGS))
 
-    def training(self) -> "TrainingConfig":
-        """This section's training fields as a plain TrainingConfig (teacher and students share one loop)."""
-        return TrainingConfig.model_validate(self.model_dump(include=set(TrainingConfig.model_fields)))
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include=set(self.SETTINGS))
 
 
-class TeacherConfig(TrainingConfig):
-    """The model that writes the synthetic text (also how each later generation's teacher trains)."""
+class TeacherConfig(Section):
+    """The model that writes the synthetic text (also how each later generation's teacher trains).
 
-    init: Literal["scratch", "pretrained"] = Field("scratch", description="scratch: train `model` on the human train split; pretrained: load `pretrained`.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Architecture for init: scratch.")
-    pretrained: str | None = Field(None, description="Path or hub id of a causal LM (init: pretrained).")
-    finetune: Literal["none", "full", "lora"] = Field("none", description="Fine-tune a pretrained teacher on the human train split.")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the checkpoint.")
+    Scratch when `model.pretrained` is empty (trained on the human train split, as in Strong Model
+    Collapse); otherwise the pretrained model, fine-tuned per `model.finetune` (none: used as is).
+    """
 
-    @model_validator(mode="after")
-    def _pretrained_given(self) -> "TeacherConfig":
-        if self.init == "pretrained" and not self.pretrained:
-            raise ValueError("init: pretrained needs teacher.pretrained (a path or hub id)")
-        return self
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The teacher's architecture, or its pretrained checkpoint (model.pretrained).")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(epochs=1.0), description="How the teacher trains (scratch, or fine-tuning).")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.model.pretrained is not None
+
+    @property
+    def trains(self) -> bool:
+        return not self.pretrained or self.model.finetune != "none"
 
 
 class GenerateConfig(Section):
@@ -230,15 +246,27 @@ class MixConfig(Section):
         for i, n in enumerate(values):
             if n <= 0:
                 raise ValueError(f"item {i} is {n}; each token budget must be a positive number of tokens")
-        return values
+        return _distinct(values, "token budget")
+
+    _distinct_fractions = field_validator("synthetic_fractions", mode="after")(lambda cls, v: _distinct(v, "fraction"))
+    _distinct_generations = field_validator("generations")(lambda cls, v: _distinct(v, "generation"))
 
 
-class TrainConfig(TrainingConfig):
+class TrainConfig(Section):
     """Students: every model x mixture x seed is one train unit."""
 
     students: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1, description="Student models.")
-    seeds: list[int] = Field([0], min_length=1, description="Training seeds per student and mixture.")
-    epochs: float | None = Field(4.0, gt=0, description="Passes over the mixture (ignored when tokens is set).")
+    seeds: list[int] = Field([0], min_length=1, description="Training seeds per student and mixture (distinct).")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(epochs=4.0), description="How every student trains.")
+
+    _distinct_seeds = field_validator("seeds")(lambda cls, v: _distinct(v, "seed"))
+
+    @model_validator(mode="after")
+    def _students_train(self) -> "TrainConfig":
+        for i, student in enumerate(self.students):
+            if student.finetune == "none":
+                raise ValueError(f"students.{i}.finetune: none is for a teacher used as is; a student trains (full or lora)")
+        return self
 
 
 class EvaluateConfig(Section):
@@ -273,25 +301,43 @@ class SlurmResources(Section):
     gpus_per_node: int = Field(0, ge=0, description="--gpus-per-node (0: CPU job).")
     cpus_per_task: int = Field(2, ge=1, description="--cpus-per-task")
     mem: str | None = Field("8G", description="--mem per node")
-    extra: list[str] = Field(default_factory=list, description="Extra '#SBATCH ...' option lines, verbatim.")
+    extra: list[str] = Field(default_factory=list, description="Extra '#SBATCH ...' option lines, verbatim (one option per item).")
+
+    @field_validator("partition", "account", "qos", "time", "mem", "extra", mode="after")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            _no_control_characters(item)
+        return value
 
 
 class SlurmConfig(SlurmResources):
     """`collapse submit`: defaults for every stage, overridden per stage under `stages:`."""
 
     stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict, description="Per-stage overrides of the fields above.")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load, venv activate).")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load, venv activate); one line per item.")
+
+    _setup_one_line = field_validator("setup", "accelerate_config", mode="after")(
+        lambda cls, v: [_no_control_characters(x) for x in (v if isinstance(v, list) else [v])] and v)
     max_array_size: int | None = Field(None, ge=1, description="Split arrays above this size; default: the cluster's MaxArraySize.")
     accelerate_config: str | None = Field(None, description="accelerate config file for GPU units (e.g. configs/accelerate/fsdp.yaml); default: plain data parallel.")
     signal_seconds: int = Field(120, ge=10, description="Send USR1 this long before the time limit: checkpoint and requeue.")
     requeue: bool = Field(True, description="Requeue on preemption / time limit (resumes from the checkpoint).")
 
+    @model_validator(mode="after")
+    def _stage_overrides_valid(self) -> "SlurmConfig":
+        for stage in self.stages:
+            try:
+                self.for_stage(stage)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"stages.{stage}.{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        return self
+
     def for_stage(self, stage: str) -> SlurmResources:
         base = self.model_dump(include=set(SlurmResources.model_fields))
-        try:
-            return SlurmResources.model_validate({**base, **self.stages.get(stage, {})})
-        except ValidationError as exc:
-            raise ConfigError(f"slurm.stages.{stage}: {_first_error(exc)[1]}") from None
+        return SlurmResources.model_validate({**base, **self.stages.get(stage, {})})
 
 
 class Config(Section):
@@ -323,7 +369,10 @@ class Config(Section):
         if self.mix.mode == "add" and self.mix.human_budget is None:
             raise ValueError("mix.mode: add needs mix.human_budget (human tokens in every mixture)")
         if self.tokenizer.kind == "pretrained" and not (self.tokenizer.path or self.teacher.pretrained):
-            raise ValueError("tokenizer.kind: pretrained needs tokenizer.path or teacher.pretrained")
+            raise ValueError("tokenizer.kind: pretrained needs tokenizer.path or teacher.model.pretrained")
+        if self.generate.generations > 1 and not self.teacher.trains:
+            raise ValueError(f"teacher.model.finetune: none cannot make later generations (generate.generations is "
+                             f"{self.generate.generations}): teacher g>=1 trains on synthetic text; set finetune: full or lora")
         labels = [s.label for s in self.train.students]
         if len(set(labels)) != len(labels):
             raise ValueError(f"train.students have duplicate labels {labels}; give each a distinct name")
@@ -337,122 +386,17 @@ class Config(Section):
         return Path(self.runs_dir) / self.name
 
 
-# ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (following `base:`), apply `--set` overrides, validate. Raises ConfigError."""
-    path = Path(path)
-    raw = _read_with_bases(path, chain=())
-    set_keys = []
-    for item in overrides or []:
-        key, value = _parse_override(item)
-        _assign(raw, key, value, item)
-        set_keys.append(key)
-    raw.pop("base", None)
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        loc, message = _first_error(exc)
-        where = next((f"--set {k}" for k in set_keys if loc == k or loc.startswith(k + ".")), str(path))
-        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: {loc or '(top level)'}: {message}{extra}") from None
+def _distinct(values: list, what: str) -> list:
+    seen = [v for i, v in enumerate(values) if v in values[:i]]
+    if seen:
+        raise ValueError(f"{what} {seen[0]!r} is listed twice; each {what} must appear once")
+    return values
 
 
-def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    if not path.is_file():
-        what = f"base of {chain[-1]}" if chain else "config"
-        raise ConfigError(f"{path}: {what} file not found")
-    if path.resolve() in chain:
-        raise ConfigError(f"{path}: base chain loops back to itself ({' -> '.join(map(str, chain))})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
-    base = data.get("base")
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: must be a path to another config file")
-    merged = _read_with_bases((path.parent / base), chain + (path.resolve(),))
-    return _deep_merge(merged, data)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    """Mappings merge key by key; anything else (lists included) in `over` replaces."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-        raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. --set mix.token_budgets=[50000,200000]")
-    try:
-        return key, yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item}: value is not valid YAML") from None
-
-
-def _assign(raw: dict, key: str, value: Any, item: str) -> None:
-    node: Any = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {item}: {part} is not inside a mapping")
-        node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError(f"--set {item}: cannot set {last} inside a {type(node).__name__}")
-
-
-def _first_error(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    kind, msg = err["type"], err["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        parent = _model_at(err["loc"][:-1])
-        valid = ", ".join(parent.model_fields) if parent else "see configs/demo.yaml"
-        msg = f"unknown key; valid keys here: {valid}"
-    elif "input" in err and kind not in ("missing",) and not isinstance(err["input"], (dict, list)):
-        msg = f"{msg} (got {err['input']!r})"
-    return loc, msg
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class at a location (to list the valid keys next to an unknown one)."""
-    model: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return None
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return None
-    return model
-
-
-def default_config_path() -> Path:
-    """The embedded default: configs/demo.yaml in the working directory, else beside the package."""
-    local = Path("configs/demo.yaml")
-    return local if local.is_file() else Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+def _no_control_characters(value: Any) -> Any:
+    """Slurm values reach #SBATCH lines of a shell script: a newline would start a command there."""
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} contains a newline or control character; give one line of plain text")
+    return value
