@@ -123,7 +123,7 @@ def full_block_count(dataset, block_size: int, name: str) -> int:
     if len(dataset) == 0:
         return 0
     if dataset._indices is not None:  # a select()/shuffle() view: its rows are not the table's rows
-        dataset = dataset.flatten_indices()
+        dataset = dataset.flatten_indices(keep_in_memory=True)  # never a cache file beside the input's files
     lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy(zero_copy_only=False)
     full = int((lengths == block_size).sum())
     if full < len(lengths) - 1 or (full == len(lengths) - 1 and lengths[-1] > block_size):
@@ -138,7 +138,8 @@ def write_mixture(human_ds, synthetic_ds, fraction: float, budget: int, block_si
     """Write the mixture, order shuffled with `seed`; return the plan's accounting and realised share.
 
     Columns: `input_ids`, `source` (0 human, 1 synthetic) and `block` (the row in its source dataset,
-    for diagnostics). `synthetic_ds` may be None when the fraction is 0.
+    for diagnostics). `synthetic_ds` may be None when the fraction is 0. Nothing is ever written
+    beside the inputs (they are other units' finished outputs): every intermediate stays in memory.
     """
     from datasets import concatenate_datasets
 
@@ -153,7 +154,7 @@ def write_mixture(human_ds, synthetic_ds, fraction: float, budget: int, block_si
     if len(synthetic_idx):
         parts.append(_tagged(synthetic_ds, synthetic_idx, SYNTHETIC))
     mixture = concatenate_datasets([part for part in parts if len(part)])
-    mixture = mixture.shuffle(seed=seed).flatten_indices()
+    mixture = mixture.shuffle(seed=seed, keep_in_memory=True).flatten_indices(keep_in_memory=True)
     save_dataset(mixture, Path(out_dir))
     stats = asdict(plan)
     stats.update(tokens=plan.tokens, human_tokens=plan.human_tokens, synthetic_tokens=plan.synthetic_tokens,
@@ -166,6 +167,9 @@ def _tagged(dataset, indices: np.ndarray, source: int):
     import pyarrow as pa
     from datasets import Dataset
 
-    part = dataset.with_format(None).select_columns(["input_ids"]).select(indices.tolist()).flatten_indices()
+    # keep_in_memory: without it `datasets` writes cache-*.arrow files into the input's directory, a
+    # finished unit of another stage (and fails when that directory is read-only).
+    part = dataset.with_format(None).select_columns(["input_ids"]).select(indices.tolist(), keep_in_memory=True)
+    part = part.flatten_indices(keep_in_memory=True)
     table = part.data.table.append_column("source", pa.array(np.full(len(part), source, np.int8)))
     return Dataset(table.append_column("block", pa.array(indices.astype(np.int64))))

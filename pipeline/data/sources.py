@@ -123,6 +123,42 @@ def _load_builder(spec: str, name: str, config: str | None, split: str, streamin
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ConnectionError) as exc:
         raise UserError(f"corpus.source: hf:{spec} could not be loaded ({_one_line(exc)}); "
                         "give a local dataset folder or a hub dataset available offline in the HF cache") from None
+    except datasets.exceptions.DatasetGenerationError as exc:  # a data file it could not parse
+        raise _unreadable_data(spec, name, exc) from None
+
+
+def _unreadable_data(spec: str, name: str, exc: BaseException) -> UserError:
+    """One line naming the file `datasets` choked on: it only says "An error occurred while generating"."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    if isinstance(cause, UnicodeDecodeError) and os.path.isdir(name):
+        for path in sorted(p for p in Path(name).rglob("*") if p.is_file() and p.suffix.lower() in _TEXT_SUFFIXES):
+            offset = _first_invalid_utf8(path)
+            if offset is not None:
+                return UserError(f"corpus.source: hf:{spec}: {path} is not UTF-8 text (invalid byte "
+                                 f"0x{offset[1]:02x} at byte offset {offset[0]}); convert it to UTF-8")
+    return UserError(f"corpus.source: hf:{spec} could not be read ({type(cause).__name__}: {_one_line(cause)}); "
+                     "fix the data file, or give its folder as files:GLOB, which names the file and line at fault")
+
+
+_TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv")
+
+
+def _first_invalid_utf8(path: Path, chunk_bytes: int = 1 << 20) -> tuple[int, int] | None:
+    """(byte offset, byte) of the first invalid UTF-8 byte of `path`, read in chunks; None if it is UTF-8."""
+    import codecs
+
+    decoder, done = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(chunk_bytes)
+            pending = len(decoder.getstate()[0])  # bytes of an unfinished character from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:  # exc.object is those pending bytes + this chunk
+                return done - pending + exc.start, exc.object[exc.start]
+            if not chunk:
+                return None
+            done += len(chunk)
 
 
 def _field(row: dict, text_field: str, where: str) -> str:
@@ -133,7 +169,18 @@ def _field(row: dict, text_field: str, where: str) -> str:
         return ""
     if not isinstance(value, str):
         raise UserError(f"corpus.text_field: {text_field!r} of {where} holds {type(value).__name__}, not text")
-    return value
+    return _encodable(value, where)
+
+
+def _encodable(text: str, where: str) -> str:
+    """`text` if it can be written as UTF-8: a JSON escape like "\\udcff" decodes to a lone surrogate,
+    which every later step (tokenising, counting bytes) would fail on far from here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"corpus.source: {where} holds {text[exc.start]!r} at character {exc.start}, a lone UTF-16 "
+                        "surrogate that is not valid Unicode text; fix or drop that document") from None
+    return text
 
 
 def _one_line(exc: BaseException) -> str:
@@ -159,7 +206,11 @@ def _load_files(pattern: str, text_field: str, txt_mode: TxtMode, max_documents:
 
 
 def _read_utf8(path: str) -> str:
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"corpus.source: {path} cannot be read ({exc.strerror or exc}); "
+                        "check that it exists and is readable") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -1,7 +1,11 @@
 """Tokenizers: train a byte-level BPE, load a pretrained model's, and count bytes per token exactly.
 
 `token_byte_lengths` is what makes evaluation report exact bits per byte: summed over a text's
-token ids it equals the text's UTF-8 length, whatever the vocabulary.
+token ids it equals the text's UTF-8 length for byte-level vocabularies. SentencePiece-style
+tokenizers (Llama, Mistral, T5 ...) put a "▁" dummy prefix in front of every document that is not in
+its text; `stream_utf8_bytes` takes that off once per document. Where a tokenizer changes the text
+itself (NFKC, collapsed whitespace), no token accounting can recover the text's length:
+`docs_utf8_bytes` reads it from the documents.
 """
 
 from __future__ import annotations
@@ -141,3 +145,56 @@ def _is_byte_level(tokenizer) -> bool:
     if backend is None:
         return False
     return "ByteLevel" in repr(backend.pre_tokenizer) or "ByteLevel" in repr(backend.decoder)
+
+
+def dummy_prefix_bytes(tokenizer, byte_lengths: np.ndarray | None = None) -> int:
+    """Bytes the tokenizer puts in front of every document that its text does not have.
+
+    1 for SentencePiece-style tokenizers ("Hello" -> "▁Hello": the dummy prefix counts as a space in
+    the byte table), 0 for byte-level BPE. Measured, not guessed from the class: a one-character text
+    is encoded and its tokens' bytes compared with the text's.
+    """
+    from pipeline.data.packing import plain_backend
+
+    table = token_byte_lengths(tokenizer) if byte_lengths is None else byte_lengths
+    probe = "a"
+    ids = plain_backend(tokenizer).encode(probe, add_special_tokens=False).ids
+    return max(0, int(np.asarray(table)[ids].sum()) - len(probe.encode("utf-8")))
+
+
+def stream_utf8_bytes(ids, tokenizer, byte_lengths: np.ndarray | None = None) -> int:
+    """UTF-8 bytes of the documents a token stream encodes (documents + EOS each, from a document start).
+
+    The byte table's sum, less the tokenizer's dummy prefix once per non-empty document (a document
+    starts at position 0 and after every EOS). Exact whenever decoding gives the text back; a tokenizer
+    that normalises the text (NFKC, whitespace) yields the normalised text's length: compare with
+    `docs_utf8_bytes` and prefer that one where they differ.
+    """
+    table = np.asarray(token_byte_lengths(tokenizer) if byte_lengths is None else byte_lengths, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) and ids.max() >= len(table):
+        raise ValueError(f"token id {int(ids.max())} is outside the tokenizer's byte table ({len(table)} ids)")
+    total = int(table[ids].sum())
+    prefix = dummy_prefix_bytes(tokenizer, table)
+    if prefix and len(ids):
+        eos = tokenizer.eos_token_id
+        starts = np.flatnonzero(np.concatenate(([True], ids[:-1] == eos)))
+        total -= prefix * int((ids[starts] != eos).sum())
+    return total
+
+
+def docs_utf8_bytes(docs_dir: str | Path, text_field: str = "text") -> int:
+    """UTF-8 bytes of the texts of a saved documents dataset (prepare's docs/<split>): the true
+    denominator of bits per byte whenever `stream_utf8_bytes` of its tokens differs from it."""
+    import pyarrow.compute as pc
+    from datasets import Dataset
+
+    if not (Path(docs_dir) / "state.json").is_file():
+        raise UserError(f"documents: {docs_dir} is not a saved documents dataset (no state.json); "
+                        "run the prepare stage that writes it")
+    dataset = Dataset.load_from_disk(str(docs_dir))
+    if text_field not in dataset.column_names:
+        raise UserError(f"documents: {docs_dir} has no {text_field!r} column; columns: {', '.join(dataset.column_names)}")
+    column = dataset.flatten_indices(keep_in_memory=True) if dataset._indices is not None else dataset
+    lengths = pc.binary_length(column.data.column(text_field))  # bytes, not characters
+    return int(pc.sum(lengths).as_py() or 0)
