@@ -9,6 +9,7 @@ writer of the same path removes. This module imports nothing from the project: e
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -112,3 +113,58 @@ def iter_temp_leftovers(folder: Path) -> Iterator[Path]:
     folder = Path(folder)
     if folder.is_dir():
         yield from (p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """{relative path: {"bytes", "sha256"}} of every file under `folder` (what a manifest records)."""
+    folder = Path(folder)
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in skip:
+            found[rel] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return found
+
+
+def first_difference(folder: Path, files: dict[str, dict[str, Any]], hashes: bool = False) -> str | None:
+    """The first recorded file that is missing, has another size, or (hashes=True) other bytes; else None."""
+    for rel, expected in sorted(files.items()):
+        path = Path(folder) / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != expected.get("bytes"):
+            return f"{rel} has {size:,} bytes, its manifest says {expected.get('bytes', 0):,}"
+        if hashes and expected.get("sha256") and file_digest(path) != expected["sha256"]:
+            return f"{rel} has other bytes than when it was written (sha256 differs)"
+    return None
+
+
+def content_identity(paths: list[Path], cache_file: Path | None = None) -> dict[str, Any]:
+    """What a fingerprint records of input files read from outside a run: size, mtime and content hash.
+
+    Hashes are cached by (path, size, mtime) in `cache_file` so that planning a run over a large
+    corpus does not re-read it; an edited file (new size or mtime) is hashed again.
+    """
+    cache = (read_json_object(cache_file) or {}) if cache_file else {}
+    identity, changed = {}, False
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key], changed = file_digest(path), True
+        identity[str(path)] = {"bytes": stat.st_size, "sha256": cache[key]}
+    if cache_file and changed:
+        with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
+            write_json_atomic(cache_file, cache)
+    return identity

@@ -18,27 +18,31 @@ from pipeline.config import load_config
 from pipeline.data.packing import load_blocks, pack_documents
 from pipeline.data.reference import ReferenceLanguage
 from pipeline.errors import UserError
-from pipeline.orchestration.executor import Executor, run_units
+from pipeline.orchestration.executor import Executor
+from pipeline.orchestration.sweep import run_units
 from pipeline.orchestration.launchers.local import LocalLauncher
 from pipeline.orchestration.runner import Unit, plan_run
+from pipeline.stages import artifacts
 from pipeline.stages import mix, prepare
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
 def _plan_generate(cfg, planned):
-    return [Unit("generate", f"g{g}", {"generation": g, "tokens": cfg.generate.tokens}, (prepare.KEY,))
+    params = {"tokens": cfg.generate.tokens, "reference": cfg.corpus.reference.model_dump(),
+              "block_size": cfg.packing.block_size}
+    return [Unit("generate", f"g{g}", {"generation": g, **params}, (prepare.KEY,))
             for g in range(cfg.generate.generations)]
 
 
 def _run_generate(ctx):
     """Stand-in for the teacher: text from the same language with another seed, packed like the real stage."""
-    reference = ctx.cfg.corpus.reference
-    language = ReferenceLanguage(reference.beta, reference.lexicon_size, reference.mean_sentence_words,
-                                 reference.mean_document_sentences, seed=reference.seed)
+    reference = ctx.params["reference"]
+    language = ReferenceLanguage(reference["beta"], reference["lexicon_size"], reference["mean_sentence_words"],
+                                 reference["mean_document_sentences"], seed=reference["seed"])
     texts = language.sample_documents(150, seed=1000 + ctx.params["generation"])
-    tokenizer = prepare.tokenizer(ctx.inputs[prepare.KEY])
-    return pack_documents(texts, tokenizer, ctx.cfg.packing.block_size, ctx.out / "blocks")
+    tokenizer = artifacts.tokenizer(ctx.inputs[prepare.KEY])
+    return pack_documents(texts, tokenizer, ctx.params["block_size"], ctx.out / "blocks")
 
 
 GENERATE = SimpleNamespace(NAME="generate", VERSION=1, plan=_plan_generate, run=_run_generate)
@@ -77,14 +81,14 @@ def test_prepare_and_mix_units_through_the_runner(tmp_path):
     for name in ("validation", "test"):
         assert splits[name]["token_bytes"] == splits[name]["bytes"], "bits per byte can be exact"
         assert splits[name]["dropped_tokens"] == 0
-    test_docs = prepare.documents(root / "prepare", "test")
+    test_docs = artifacts.documents(root / "prepare", "test")
     language = ReferenceLanguage.from_params(executor.cfg.corpus.reference.model_dump())
     nats = -sum(language.log_prob(d) for d in test_docs)
     entropy = metrics["reference"]["test"]
     assert entropy["bits_per_byte"] == pytest.approx(nats / math.log(2) / sum(len(d.encode()) for d in test_docs))
     assert entropy["nats_per_token"] == pytest.approx(nats / splits["test"]["tokens"])
-    assert len(prepare.tokenizer(root / "prepare")) == 512
-    assert len(prepare.blocks(root / "prepare", "train")) == splits["train"]["blocks"]
+    assert len(artifacts.tokenizer(root / "prepare")) == 512
+    assert len(artifacts.blocks(root / "prepare", "train")) == splits["train"]["blocks"]
 
     for unit_id, human, synthetic in (("g0-p0-n3000", 47, 0), ("g0-p0.5-n6000", 47, 47), ("g0-p1-n6000", 0, 94)):
         stats = json.loads((root / "mix" / unit_id / "manifest.json").read_text())["metrics"]

@@ -107,8 +107,9 @@ def test_metric_modules_load_offline_by_path():
 def _plan_generate(cfg, planned):
     from pipeline.orchestration.runner import Unit
 
+    params = {"reference": cfg.corpus.reference.model_dump(), "block_size": cfg.packing.block_size}
     return [
-        Unit("generate", f"g{g}", {"generation": g}, ("prepare/prepare",))
+        Unit("generate", f"g{g}", {"generation": g, **params}, ("prepare/prepare",))
         for g in range(cfg.generate.generations)]
 
 
@@ -117,21 +118,22 @@ def _run_generate(ctx):
     corpus unit, with held-out blocks."""
     from pipeline.data.packing import pack_documents
     from pipeline.data.reference import ReferenceLanguage
-    from pipeline.stages import prepare
+    from pipeline.stages import artifacts
 
-    reference = ctx.cfg.corpus.reference
-    language = ReferenceLanguage(reference.beta, reference.lexicon_size, reference.mean_sentence_words,
-                                 reference.mean_document_sentences, seed=reference.seed)
-    tokenizer = prepare.tokenizer(ctx.inputs["prepare/prepare"])
-    pack_documents(language.sample_documents(15, seed=77), tokenizer, ctx.cfg.packing.block_size,
+    reference = ctx.params["reference"]
+    language = ReferenceLanguage(reference["beta"], reference["lexicon_size"], reference["mean_sentence_words"],
+                                 reference["mean_document_sentences"], seed=reference["seed"])
+    tokenizer = artifacts.tokenizer(ctx.inputs["prepare/prepare"])
+    pack_documents(language.sample_documents(15, seed=77), tokenizer, ctx.params["block_size"],
                    ctx.out / "heldout", keep_remainder=True)
-    return pack_documents(language.sample_documents(120, seed=7), tokenizer, ctx.cfg.packing.block_size,
+    return pack_documents(language.sample_documents(120, seed=7), tokenizer, ctx.params["block_size"],
                           ctx.out / "blocks")
 
 
 def test_train_and_evaluate_stages_through_the_runner(tmp_path):
     from pipeline.config import load_config
-    from pipeline.orchestration.executor import Executor, run_units
+    from pipeline.orchestration.executor import Executor
+    from pipeline.orchestration.sweep import run_units
     from pipeline.orchestration.launchers.local import LocalLauncher
     from pipeline.orchestration.runner import plan_run
     from pipeline.stages import evaluate, mix, prepare, train
@@ -175,6 +177,6 @@ def test_train_and_evaluate_stages_through_the_runner(tmp_path):
     stale = run_dir / "evaluate" / "gpt2-nano-g0-p0.5-n999-s0"  # left by an earlier grid of this run name
     stale.mkdir()
     (stale / "manifest.json").write_text(json.dumps({"metrics": {**rows[0], "token_budget": 999}}))
-    evaluate.summarize(run_dir, cfg)
+    evaluate.summarize(run_dir / "evaluate", executor.planned.units("evaluate"))
     again = [json.loads(line) for line in (run_dir / "evaluate" / "results.jsonl").read_text().splitlines()]
     assert again == rows, "results.jsonl lists only this config's units"

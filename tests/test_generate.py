@@ -249,7 +249,8 @@ def test_human_prompts_are_prefixes_of_long_enough_documents_chosen_by_sequence_
 
 def run_pipeline(runs_dir: Path, *overrides: str):
     from pipeline.config import load_config
-    from pipeline.orchestration.executor import Executor, run_units
+    from pipeline.orchestration.executor import Executor
+    from pipeline.orchestration.sweep import run_units
     from pipeline.orchestration.launchers.local import LocalLauncher
     from pipeline.orchestration.runner import plan_run
     from pipeline.stages import generate, prepare, teacher
@@ -312,10 +313,10 @@ def test_killed_shard_is_regenerated_byte_identical(generated, tmp_path):
 
 
 def test_human_prompts_come_from_train_documents_only(tmp_path):
-    from pipeline.stages import prepare
+    from pipeline.stages import artifacts
 
     run_dir, _ = run_pipeline(tmp_path / "runs", "generate.prompt=human", "generate.prompt_tokens=4",
                               "generate.shards=1", "generate.tokens=800")
-    train = prepare.documents(run_dir / "prepare", "train")
+    train = artifacts.documents(run_dir / "prepare", "train")
     rows = [json.loads(line) for line in (run_dir / "generate" / "g0-s000" / "text.jsonl").read_text().splitlines()]
     assert rows and all(any(doc.startswith(r["prompt"]) for doc in train) for r in rows)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.orchestration.executor import Executor, run_units
+from pipeline.orchestration.executor import Executor
+from pipeline.orchestration.sweep import run_units
 from pipeline.orchestration.launchers.local import LocalLauncher
 from pipeline.orchestration.runner import RunDir, plan_run, unit_lock
 from toy_stages import STAGES
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def write_config(tmp_path: Path, **over) -> Path:
     data = {"name": "toy", "runs_dir": str(tmp_path / "runs"),
-            "mix": {"synthetic_fractions": [0.0, 0.5], "token_budgets": [100, 200]}, "train": {"lr": 0.01}}
+            "mix": {"synthetic_fractions": [0.0, 0.5], "token_budgets": [100, 200]}, "train": {"training": {"lr": 0.01}}}
     for key, value in over.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     path = tmp_path / "toy.yaml"

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config.schema import Config, ConfigError, TrainingConfig
+from pipeline.config.base import ConfigError
+from pipeline.config.schema import Config, TrainingConfig
 
 # Keys that moved when teacher/train started nesting one TrainingConfig and one ModelConfig: an old
 # config gets one line naming the new key instead of being silently accepted or half-read.

@@ -10,22 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.errors import UserError
+from pipeline.config.base import STAGES, Section, StageName
+from pipeline.config.slurm import SlurmConfig
 from pipeline.lm.presets import PRESETS, model_dims
 
-STAGES = ("prepare", "teacher", "generate", "mix", "train", "evaluate", "fit", "report")
-StageName = Literal[STAGES]  # type: ignore[valid-type]  # derived from the one stage list
 SOURCE_SCHEMES = ("hf:", "files:", "builtin:wikipedia", "builtin:reference-language")
-
-
-class ConfigError(UserError):
-    """A config that does not validate; the message is one line."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 # ---------------------------------------------------------------- data
@@ -290,56 +281,6 @@ class ReportConfig(Section):
     theory_figures: bool = Field(True, description="Include theory-vs-simulation panels.")
 
 
-class SlurmResources(Section):
-    """sbatch resources of a stage's job array."""
-
-    partition: str | None = Field(None, description="--partition")
-    account: str | None = Field(None, description="--account")
-    qos: str | None = Field(None, description="--qos")
-    time: str = Field("01:00:00", description="--time (walltime per array task).")
-    nodes: int = Field(1, ge=1, description="--nodes per task (train/generate use multi-node accelerate when > 1).")
-    gpus_per_node: int = Field(0, ge=0, description="--gpus-per-node (0: CPU job).")
-    cpus_per_task: int = Field(2, ge=1, description="--cpus-per-task")
-    mem: str | None = Field("8G", description="--mem per node")
-    extra: list[str] = Field(default_factory=list, description="Extra '#SBATCH ...' option lines, verbatim (one option per item).")
-
-    @field_validator("partition", "account", "qos", "time", "mem", "extra", mode="after")
-    @classmethod
-    def _one_line(cls, value: Any) -> Any:
-        for item in value if isinstance(value, list) else [value]:
-            _no_control_characters(item)
-        return value
-
-
-class SlurmConfig(SlurmResources):
-    """`collapse submit`: defaults for every stage, overridden per stage under `stages:`."""
-
-    stages: dict[StageName, dict[str, Any]] = Field(default_factory=dict, description="Per-stage overrides of the fields above.")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load, venv activate); one line per item.")
-
-    _setup_one_line = field_validator("setup", "accelerate_config", mode="after")(
-        lambda cls, v: [_no_control_characters(x) for x in (v if isinstance(v, list) else [v])] and v)
-    max_array_size: int | None = Field(None, ge=1, description="Split arrays above this size; default: the cluster's MaxArraySize.")
-    accelerate_config: str | None = Field(None, description="accelerate config file for GPU units (e.g. configs/accelerate/fsdp.yaml); default: plain data parallel.")
-    signal_seconds: int = Field(120, ge=10, description="Send USR1 this long before the time limit: checkpoint and requeue.")
-    requeue: bool = Field(True, description="Requeue on preemption / time limit (resumes from the checkpoint).")
-
-    @model_validator(mode="after")
-    def _stage_overrides_valid(self) -> "SlurmConfig":
-        for stage in self.stages:
-            try:
-                self.for_stage(stage)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                raise ValueError(f"stages.{stage}.{where}: {err['msg'].removeprefix('Value error, ')}") from None
-        return self
-
-    def for_stage(self, stage: str) -> SlurmResources:
-        base = self.model_dump(include=set(SlurmResources.model_fields))
-        return SlurmResources.model_validate({**base, **self.stages.get(stage, {})})
-
-
 class Config(Section):
     """A whole experiment. One config = one run directory `runs_dir/name`."""
 
@@ -393,10 +334,3 @@ def _distinct(values: list, what: str) -> list:
     if seen:
         raise ValueError(f"{what} {seen[0]!r} is listed twice; each {what} must appear once")
     return values
-
-
-def _no_control_characters(value: Any) -> Any:
-    """Slurm values reach #SBATCH lines of a shell script: a newline would start a command there."""
-    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{value!r} contains a newline or control character; give one line of plain text")
-    return value

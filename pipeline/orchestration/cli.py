@@ -13,8 +13,10 @@ Bad input of any kind prints one line `collapse: error: ...` and exits 2 before 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +26,11 @@ from pipeline.config import STAGES, Config, default_config_path, load_config
 from pipeline.errors import ExitCode, UserError
 
 log = logging.getLogger("collapse")
+# Disk conditions a user fixes (not bugs): one line and exit 2, like bad input.
+_DISK_ERRORS = {errno.EROFS: "the run directory must be writable (runs_dir: to write elsewhere)",
+                errno.EACCES: "the run directory must be writable (runs_dir: to write elsewhere)",
+                errno.ENOSPC: "free disk space and re-run the same command: it continues where it stopped",
+                errno.EDQUOT: "free quota and re-run the same command: it continues where it stopped"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +38,20 @@ def main(argv: list[str] | None = None) -> int:
 
     fast_mkl = enable_fast_mkl_on_amd()  # before anything imports torch (see pipeline/orchestration/cpu_startup.py)
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: it reads TQDM_* defaults at import
     _setup_console_logging(args.verbose)
     log.debug("MKL feature dispatch: %s", fast_mkl)
     try:
         return args.func(args)
     except UserError as exc:
         print(f"collapse: error: {exc}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        print(f"collapse: error: {exc.filename or 'runs dir'}: {exc.strerror}; {_DISK_ERRORS[exc.errno]}",
+              file=sys.stderr)
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         print("collapse: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
@@ -97,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.orchestration.executor import run_units
+    from pipeline.orchestration.executor import UnitOutcome
+    from pipeline.orchestration.sweep import run_units
     from pipeline.orchestration.launchers import get_launcher
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
@@ -107,10 +123,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     selected = stages or list(cfg.stages)
     executor.force = force
     units = [u for u in executor.planned if u.stage in selected]
-    resolved = save_resolved_config(cfg)
-    _add_run_log(cfg.run_dir)
-    log.info("run %s: %d units in stages %s", cfg.run_dir, len(units), ",".join(selected))
-    outcomes = run_units(executor, units, get_launcher(cfg, resolved), progress=not args.no_progress)
+    if not force and all(executor.state(u) == "done" for u in units):  # nothing to do: write nothing
+        log.info("run %s: all %d units done", cfg.run_dir, len(units))
+        return _summarize_outcomes(cfg, [UnitOutcome(u, "done") for u in units])
+    new_run = not cfg.run_dir.exists()
+    try:
+        resolved = save_resolved_config(cfg)
+        _add_run_log(cfg.run_dir)
+        log.info("run %s: %d units in stages %s", cfg.run_dir, len(units), ",".join(selected))
+        outcomes = run_units(executor, units, get_launcher(cfg, resolved), progress=not args.no_progress)
+    except UserError:
+        if new_run:  # bad input found while running: a run that did not exist before leaves nothing
+            _close_run_log()
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        raise
     return _summarize_outcomes(cfg, outcomes)
 
 
@@ -200,8 +226,10 @@ def save_resolved_config(cfg: Config) -> Path:
     from pipeline.io import write_text_atomic
 
     path = cfg.run_dir / "config.yaml"
-    text = yaml.safe_dump(cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
-    write_text_atomic(path, "# resolved config of this run (base: chains and --set applied)\n" + text)
+    text = "# resolved config of this run (base: chains and --set applied)\n" + yaml.safe_dump(
+        cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        write_text_atomic(path, text)
     return path
 
 
@@ -230,7 +258,18 @@ def _add_run_log(run_dir: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.set_name(_RUN_LOG)
     logging.getLogger("collapse").addHandler(handler)
+
+
+def _close_run_log() -> None:
+    root = logging.getLogger("collapse")
+    for handler in [h for h in root.handlers if h.get_name() == _RUN_LOG]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+_RUN_LOG = "collapse-run-log"
 
 
 def _summarize_outcomes(cfg: Config, outcomes: list) -> int:

@@ -16,12 +16,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from pipeline.config import Config
 from pipeline.distributed import Processes
 from pipeline.errors import ExitCode, UserError
-from pipeline.io import replace_dir, write_json_atomic
+from pipeline.io import list_files, replace_dir, write_json_atomic
 from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions
 
 log = logging.getLogger("collapse")
@@ -41,16 +40,23 @@ class Executor:
     cfg: Config
     stages: dict[str, ModuleType]
     planned: Planned
-    force: frozenset[str] = field(default_factory=frozenset)
+    force: frozenset[str] = field(default_factory=frozenset)  # stages to redo even when done (--force)
+    redo: frozenset[str] = field(default_factory=frozenset)  # unit keys to redo: damaged ones and what read them
 
     @property
     def run_dir(self) -> RunDir:
         return RunDir(self.cfg.run_dir)
 
+    def must_run(self, unit: Unit) -> bool:
+        return unit.stage in self.force or unit.key in self.redo
+
     def state(self, unit: Unit) -> str:
-        rd = self.run_dir
-        if rd.is_done(unit, self.planned.fingerprints[unit.key]):
+        rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
+        if rd.is_done(unit, fp):
             return "done"
+        manifest = rd.manifest(unit)
+        if manifest is not None and manifest.get("fingerprint") == fp:
+            return "damaged"
         if rd.is_running(unit):
             return "running"
         failure = rd.failed(unit)
@@ -68,7 +74,7 @@ class Executor:
         """Run one unit unless done or locked. Under accelerate, every process calls this."""
         dist = dist or Processes.single()
         rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
-        forced = unit.stage in self.force
+        forced = self.must_run(unit)
         with contextlib.ExitStack() as stack:
             verdict = "go"
             if dist.is_main:
@@ -91,6 +97,7 @@ class Executor:
         if dist.is_main:
             _prepare_work_dir(rd, unit, work)
         dist.barrier()
+        log_existed = rd.log_file(unit).exists()
         unit_log, handler = _unit_logger(rd.log_file(unit), unit, dist.is_main)
         ctx = UnitContext(unit=unit, out=work, inputs={k: rd.final(self.planned.get(k)) for k in unit.inputs},
                           log=unit_log, processes=dist)
@@ -103,6 +110,8 @@ class Executor:
         except BaseException as exc:
             if _is_interruption(exc):  # checkpointed on SIGTERM/SIGUSR1 or Ctrl-C: resumable, not failed
                 unit_log.info("interrupted (%s); re-running the unit resumes it", _interruption_name(exc))
+            elif isinstance(exc, UserError) and dist.is_main:  # bad input: leave nothing behind
+                _discard_attempt(rd, unit, work, None if log_existed else rd.log_file(unit))
             elif dist.is_main:
                 _record_failure(rd, unit, fp, exc)
             raise
@@ -116,7 +125,8 @@ class Executor:
         manifest = {
             "stage": unit.stage, "unit": unit.id, "fingerprint": fp, "params": unit.params,
             "inputs": {k: self.planned.fingerprints[k] for k in unit.inputs},
-            "metrics": metrics, "wall_time_s": round(time.time() - started, 3),
+            "metrics": metrics, "files": list_files(work, skip=("manifest.json",)),
+            "wall_time_s": round(time.time() - started, 3),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "host": socket.gethostname(), "versions": versions(),
         }
@@ -153,6 +163,16 @@ def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
     replace_dir(work, final, trash_dir=rd.internal / "trash")
 
 
+def _discard_attempt(rd: RunDir, unit: Unit, work: Path, new_log: Path | None) -> None:
+    """A unit stopped by bad input wrote nothing worth keeping: its work dir and a log it created go."""
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # only when empty
+    if new_log is not None:
+        with contextlib.suppress(FileNotFoundError):
+            new_log.unlink()
+
+
 def _is_interruption(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == ExitCode.REQUEUE)
 
@@ -182,39 +202,3 @@ def _unit_logger(path: Path, unit: Unit, is_main: bool) -> tuple[logging.Logger,
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     return logger, handler
-
-
-def run_units(executor: Executor, units: list[Unit], launcher: Any, progress: bool = True) -> list[UnitOutcome]:
-    """Run units in plan order through a launcher; skip done ones; keep going past a failed unit.
-
-    A unit whose input failed (or is held by another process) is skipped this time, not run on
-    stale data. A UserError (bad input found while running) stops everything: exit 2.
-    """
-    from tqdm.auto import tqdm
-
-    pending = [u for u in units if executor.state(u) != "done" or u.stage in executor.force]
-    outcomes = [UnitOutcome(u, "done") for u in units if u not in pending]
-    blocked: set[str] = set()
-    bar = tqdm(total=len(pending), desc="units", unit="unit", disable=not progress or not pending,
-               dynamic_ncols=True)
-    for unit in pending:
-        bar.set_postfix_str(unit.key)
-        if any(k in blocked for k in unit.inputs):
-            blocked.add(unit.key)
-            outcomes.append(UnitOutcome(unit, "skipped", error="an input did not finish"))
-            bar.update()
-            continue
-        try:
-            outcome = launcher.launch(executor, unit)
-        except UserError:
-            bar.close()
-            raise
-        except Exception as exc:  # recorded in .collapse/failed by execute(); the sweep goes on
-            outcome = UnitOutcome(unit, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            log.error("unit %s failed: %s (log: %s)", unit.key, outcome.error, executor.run_dir.log_file(unit))
-        if outcome.status in ("failed", "locked"):
-            blocked.add(unit.key)
-        outcomes.append(outcome)
-        bar.update()
-    bar.close()
-    return outcomes

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 from pipeline.config import STAGES, Config
 from pipeline.distributed import Processes
-from pipeline.io import read_json_object
+from pipeline.io import first_difference, read_json_object
 
 log = logging.getLogger("collapse")
 
@@ -205,8 +205,22 @@ class RunDir:
         return read_json_object(self.final(unit) / "manifest.json")
 
     def is_done(self, unit: Unit, fp: str) -> bool:
+        """Its manifest has this fingerprint and every file it records is there with its size (cheap: stat)."""
         manifest = self.manifest(unit)
-        return manifest is not None and manifest.get("fingerprint") == fp
+        return manifest is not None and manifest.get("fingerprint") == fp and self.damage(unit, manifest) is None
+
+    def damage(self, unit: Unit, manifest: dict[str, Any] | None = None, hashes: bool = False) -> str | None:
+        """What is wrong with a finished unit's files ("model/x.safetensors has 1,000 bytes, ..."), or None."""
+        manifest = manifest if manifest is not None else self.manifest(unit)
+        files = manifest.get("files") if manifest else None
+        if not isinstance(files, dict):
+            return None  # nothing recorded (written before manifests listed files)
+        return first_difference(self.final(unit), files, hashes=hashes)
+
+    def holder(self, unit: Unit) -> str:
+        """Who holds the unit's lock, as "pid P on HOST" (from the lock file), for messages."""
+        info = read_json_object(self.lock(unit)) or {}
+        return f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
 
     def is_running(self, unit: Unit) -> bool:
         path = self.lock(unit)

@@ -154,6 +154,9 @@ def run_corpus(ctx) -> dict[str, Any]:
     num_proc = ctx.settings["num_proc"]
     packed = pack_documents([t for t, h in zip(texts, held) if not h], tokenizer, block_size, out / "blocks",
                             num_proc=num_proc)
+    if packed["blocks"] == 0:
+        raise UserError(f"generate.tokens: the {sum(len(t) for t in texts):,} characters sampled for {ctx.unit.id} "
+                        f"make no full block of {block_size} tokens; raise generate.tokens")
     heldout = (pack_documents([t for t, h in zip(texts, held) if h], tokenizer, block_size, out / "heldout",
                               num_proc=num_proc, keep_remainder=True) if held.any() else None)
     write_text_atomic(out / "text.jsonl", "".join(json.dumps({"text": t, "heldout": bool(h)}, ensure_ascii=False) + "\n"

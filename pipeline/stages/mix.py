@@ -45,7 +45,38 @@ def plan(cfg, planned) -> list[Unit]:
                 # A p = 0 mixture reads no synthetic text: without the input, regenerating leaves it done.
                 inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, artifacts.corpus_key(generation))
                 units.append(Unit(NAME, unit_id(generation, fraction, budget), params, inputs))
+    check_synthetic_supply(cfg, units)
     return units
+
+
+def check_synthetic_supply(cfg, units: list[Unit]) -> None:
+    """At plan time: the mixtures cannot need more synthetic tokens than generate.tokens can make."""
+    from pipeline.data.mixing import block_counts
+
+    block, gen = cfg.packing.block_size, cfg.generate
+    needed = max((block_counts(u.params["fraction"], u.params["budget"], block, u.params["mode"])[1] * block
+                  for u in units), default=0)
+    usable = int(gen.tokens * (1 - gen.heldout_fraction))
+    if needed > usable:
+        at = max(units, key=lambda u: block_counts(u.params["fraction"], u.params["budget"], block, u.params["mode"])[1])
+        raise UserError(f"generate.tokens: {gen.tokens:,} (of which {usable:,} are not held out) cannot cover the "
+                        f"{needed:,} synthetic tokens mix {at.id} needs; valid: at least "
+                        f"{int(needed / (1 - gen.heldout_fraction)) + 1:,}, or lower {budget_key(at.params['mode'])}")
+
+
+def preflight(units: list[Unit], done_inputs: dict[str, Path]) -> bool:
+    """Right after prepare: every mixture's human part fits the human train split (else no teacher or
+    sampling time is spent before the error). True once checked."""
+    from pipeline.data.mixing import plan_mixture
+
+    if PREPARE_KEY not in done_inputs:
+        return False
+    available = int(artifacts.manifest(done_inputs[PREPARE_KEY])["metrics"]["splits"]["train"]["blocks"])
+    for unit in units:
+        p = unit.params
+        plan_mixture(p["fraction"], p["budget"], p["block_size"], p["mode"], available_human=available,
+                     available_synthetic=2**62, budget_key=budget_key(p["mode"]))
+    return True
 
 
 def run(ctx) -> dict[str, Any]:
