@@ -62,7 +62,6 @@ NOT_READ = {
     "teacher.model.name": "a label for tables; the teacher's unit id is its generation",
     "teacher.model.size": "resolved into n_layer/n_embd/n_head, which are fingerprinted",
     "train.students.0.size": "resolved into dimensions, which are fingerprinted",
-    "report.title": None, "report.theory_figures": None, "fit.shared_exponent": None, "fit.bootstrap": None,
 }
 
 
