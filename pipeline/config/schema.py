@@ -16,7 +16,7 @@ from pipeline.config.base import STAGES, Section, StageName
 from pipeline.config.slurm import SlurmConfig
 from pipeline.lm.presets import PRESETS, model_dims
 
-SOURCE_SCHEMES = ("hf:", "files:", "builtin:wikipedia", "builtin:reference-language")
+from pipeline.data.sources import SCHEMES as SOURCE_SCHEMES  # noqa: E402  (one list, in the data layer)
 
 
 # ---------------------------------------------------------------- data
@@ -243,7 +243,7 @@ class MixConfig(Section):
     _distinct_generations = field_validator("generations")(lambda cls, v: _distinct(v, "generation"))
 
 
-class TrainConfig(Section):
+class StudentsConfig(Section):
     """Students: every model x mixture x seed is one train unit."""
 
     students: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1, description="Student models.")
@@ -253,7 +253,7 @@ class TrainConfig(Section):
     _distinct_seeds = field_validator("seeds")(lambda cls, v: _distinct(v, "seed"))
 
     @model_validator(mode="after")
-    def _students_train(self) -> "TrainConfig":
+    def _students_train(self) -> "StudentsConfig":
         for i, student in enumerate(self.students):
             if student.finetune == "none":
                 raise ValueError(f"students.{i}.finetune: none is for a teacher used as is; a student trains (full or lora)")
@@ -296,7 +296,7 @@ class Config(Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: StudentsConfig = Field(default_factory=StudentsConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)

@@ -68,7 +68,7 @@ def save_tokenizer(tokenizer, out_dir: Path) -> None:
     write_dir_atomic(Path(out_dir), lambda tmp: tokenizer.save_pretrained(str(tmp)))
 
 
-def load_tokenizer(path: str | Path):
+def load_run_tokenizer(path: str | Path):
     """A tokenizer directory written by `train_bpe_tokenizer` (or any transformers tokenizer dir)."""
     from transformers import AutoTokenizer
 
@@ -101,14 +101,6 @@ def load_pretrained_tokenizer(path: str | Path, trust_remote_code: bool = False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def check_vocab(tokenizer, model_vocab_size: int, key: str = "tokenizer") -> None:
-    """Every token id the tokenizer can emit must index the model's embedding matrix."""
-    n_tokens = len(tokenizer)
-    if n_tokens > model_vocab_size:
-        raise UserError(f"{key}: the tokenizer has {n_tokens} tokens but the model's vocab_size is {model_vocab_size}; "
-                        "use the model's own tokenizer or a model with vocab_size >= the tokenizer's")
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:

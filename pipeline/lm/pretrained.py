@@ -141,8 +141,8 @@ def load_model(spec: str, *, trust_remote_code: bool = False, dtype=None):
                                                     use_safetensors=True)
     except (OSError, ValueError) as exc:
         message = " ".join(str(exc).split())[:300]
-        raise UserError(f"teacher.model.pretrained: {spec} could not be loaded ({message}); "
-                        "give a model directory with safetensors weights, a cached hub id or a .gguf file") from None
+        raise UserError(f"pretrained: {spec} is not a loadable causal LM ({message}); give a model directory "
+                        "with safetensors weights, a hub id in the offline cache, or a .gguf file") from None
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):

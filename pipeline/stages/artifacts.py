@@ -78,9 +78,9 @@ def block_size(prepare_dir: str | Path) -> int:
 
 def tokenizer(prepare_dir: str | Path):
     """The run's tokenizer (written by prepare)."""
-    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.data.tokenizer import load_run_tokenizer
 
-    return load_tokenizer(Path(prepare_dir) / "tokenizer")
+    return load_run_tokenizer(Path(prepare_dir) / "tokenizer")
 
 
 def blocks(unit_dir: str | Path, name: str, *, torch_format: bool = False):

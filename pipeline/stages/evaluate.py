@@ -14,7 +14,6 @@ Also, when present:
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "evaluate"
 VERSION = 1
-log = logging.getLogger("collapse")
 
 
 def plan(cfg, planned) -> list[Unit]:

@@ -1,4 +1,4 @@
-"""Theory of model collapse (numpy/scipy only): formulas from /work/shared/theory-notes.md and their simulations.
+"""Theory of model collapse (numpy/scipy only): formulas from docs/theory-notes.md and their simulations.
 
 - `linear`: ridge on a real/synthetic mixture, isotropic closed form, weighted mixing, random projections (§1).
 - `tails`: memorisation under a Zipf law with tail cuts and mixtures (§2).

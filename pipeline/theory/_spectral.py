@@ -1,4 +1,4 @@
-"""Spectral building blocks shared by the ridge formulas (theory notes, preamble).
+"""Spectral building blocks shared by the ridge formulas (docs/theory-notes.md, preamble).
 
 Everything here works in the eigenbasis of the feature covariance Σ, so Σ is given by its eigenvalues.
 
@@ -31,7 +31,7 @@ def degrees_of_freedom(eigenvalues: np.ndarray, t: float, power: int) -> float:
 
 
 def solve_kappa(eigenvalues: np.ndarray, n: int, ridge: float) -> float:
-    """Effective regularisation κ of ridge with n samples (notes, preamble).
+    """Effective regularisation κ of ridge with n samples (docs/theory-notes.md, preamble).
 
     κ solves G(κ) = 1 − df₁(κ)/n − λ/κ = 0, i.e. κ − λ = κ·df₁(κ)/n divided by κ. G is strictly increasing in
     κ (df₁ decreases, −λ/κ increases) and G(∞) = 1, so the root is unique; we bracket it and solve in log κ,

@@ -1,4 +1,4 @@
-"""Model Collapse Demystified: iterated retraining on the previous generation's labels (theory notes, section 3).
+"""Model Collapse Demystified: iterated retraining on the previous generation's labels (docs/theory-notes.md, section 3).
 
 Generation 0 is w₀. Generation g+1 is the least-squares fit on T₀ fresh samples x ~ N(0, Σ) labelled by
 generation g plus N(0, σ₀²) noise. Each refit adds an independent error with covariance σ₀²(XᵀX)⁻¹, whose mean
@@ -26,7 +26,7 @@ from pipeline.theory.linear import mixture_ridge_risk
 
 
 def iterated_ridge_risk(eigenvalues, w0, generations, T0, T, noise0_var, noise_var, ridge) -> np.ndarray:
-    """Test error E_n of the downstream ridge for n = 0..generations (notes, section 3); array of length G + 1.
+    """Test error E_n of the downstream ridge for n = 0..generations (docs/theory-notes.md §3); array of length G + 1.
 
     ridge = 0 with d < T − 1 uses the exact OLS expression; ridge > 0 uses the deterministic equivalent (the
     clean part is `linear.mixture_ridge_risk` with no synthetic data). Generations are OLS fits, so T₀ > d + 1.
@@ -76,7 +76,7 @@ def collapse_rate(eigenvalues, T0, T, ridge) -> float:
 
 
 def overparameterized_noiseless_risk(w0_norm2, T0, d, generations) -> np.ndarray:
-    """E‖w_n − w₀‖² = ‖w₀‖²(1 − (T₀/d)ⁿ) for n = 0..generations (notes, section 3): exponential collapse.
+    """E‖w_n − w₀‖² = ‖w₀‖²(1 − (T₀/d)ⁿ) for n = 0..generations (docs/theory-notes.md §3): exponential collapse.
 
     Σ = I, noiseless labels, each generation the minimum-norm fit on T₀ < d samples, i.e. w_{g+1} = P_g w_g
     with P_g the projection on a uniformly random T₀-dimensional subspace. E P = (T₀/d)I, so

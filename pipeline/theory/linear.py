@@ -1,4 +1,4 @@
-"""Strong Model Collapse: ridge regression on a mixture of real and synthetic data (theory notes, section 1).
+"""Strong Model Collapse: ridge regression on a mixture of real and synthetic data (docs/theory-notes.md, section 1).
 
 Setting. Real samples x ~ N(0, Σ), y = xᵀw* + ε, ε ~ N(0, σ²); synthetic samples have the same x and
 y = xᵀ(w* + δ) + ε', ε' ~ N(0, σ_s²), where δ ~ N(0, Δ) is drawn once for the synthetic source. A fraction p₂ of
@@ -83,7 +83,7 @@ def check_mixture_arguments(eigenvalues, w_star, delta, n, synthetic_fraction, r
 
 def mixture_ridge_risk(eigenvalues, w_star, delta, n, synthetic_fraction, ridge, noise_var=1.0,
                        synthetic_noise_var=None) -> RiskResult:
-    """Deterministic equivalent of E‖ŵ − w*‖²_Σ for ridge on a real/synthetic mixture (notes, section 1).
+    """Deterministic equivalent of E‖ŵ − w*‖²_Σ for ridge on a real/synthetic mixture (docs/theory-notes.md §1).
 
     Args:
         eigenvalues: diagonal of Σ (we work in its eigenbasis), shape (d,).
@@ -103,7 +103,7 @@ def mixture_ridge_risk(eigenvalues, w_star, delta, n, synthetic_fraction, ridge,
 
 
 def isotropic_mixture_risk(phi, synthetic_fraction, c2, noise_var=1.0, synthetic_noise_var=None):
-    """Closed form for Σ = I, λ → 0, φ = d/n < 1, c² = tr(ΣΔ) (notes, section 1):
+    """Closed form for Σ = I, λ → 0, φ = d/n < 1, c² = tr(ΣΔ) (docs/theory-notes.md §1):
 
         E = (p₁σ² + p₂σ_s²) φ/(1 − φ) + (p₂² + p₁p₂ φ/(1 − φ)) c².
 
@@ -203,7 +203,7 @@ def weighted_mixture_risk(phi, synthetic_fraction, weight, c2, noise_var=1.0, sy
 
 
 def _projected_problem(S, eigenvalues, w_star, delta):
-    """Exact reduction of the projected model f(x) = vᵀSx to a misspecified ridge in R^m (notes, section 1).
+    """Exact reduction of the projected model f(x) = vᵀSx to a misspecified ridge in R^m (docs/theory-notes.md §1).
 
     Σ_S = SΣSᵀ, M = Σ_S⁺SΣ, v* = Mw*, residual E = I − SᵀM (uncorrelated with Sx, hence independent Gaussian
     noise). Returns the eigenvalues μ of Σ_S, (Uᵀv*)², diag(UᵀMΔMᵀU), A₁ = ‖Ew*‖²_Σ and tr(EᵀΣEΔ).
@@ -229,7 +229,7 @@ def _projected_problem(S, eigenvalues, w_star, delta):
 
 def random_projection_risk(eigenvalues, w_star, delta, n, m, synthetic_fraction, ridge, noise_var=1.0,
                            synthetic_noise_var=None, draws=8, seed=0) -> RiskResult:
-    """Test error of the random-projection model of size m, f(x) = vᵀSx, S_ij ~ N(0, 1/d) (notes, section 1).
+    """Test error of the random-projection model of size m, f(x) = vᵀSx, S_ij ~ N(0, 1/d) (docs/theory-notes.md §1).
 
     Conditional on S, E_test = A₁ + [section-1 formula with Σ → Σ_S, w* → Mw*, Δ → MΔMᵀ, real noise σ² + A₁,
     synthetic noise σ_s² + A₂], A₂ = A₁ + tr(EᵀΣEΔ); averaged over `draws` draws of S (numpy Generator `seed`).

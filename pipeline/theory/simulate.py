@@ -1,4 +1,4 @@
-"""Monte Carlo counterparts of every formula in `linear`, `tails` and `iterative` (theory notes, sections 1-3).
+"""Monte Carlo counterparts of every formula in `linear`, `tails` and `iterative` (docs/theory-notes.md, sections 1-3).
 
 Each simulator samples the data-generating process literally (features, labels, the teacher's error δ, the
 projection S, training streams) with a seeded numpy Generator and returns a `MonteCarloEstimate` with the mean
@@ -150,7 +150,7 @@ def simulate_weighted_mixture(d, n, synthetic_fraction, weight, c2, noise_var=1.
 
 def simulate_memorization(T, beta, cutoff=None, clean_fraction=0.0, support=10**5, trials=20, seed=0,
                           temperature=1.0):
-    """Monte Carlo of the memorising learner (notes, section 2): the test mass of items never seen in T draws.
+    """Monte Carlo of the memorising learner (docs/theory-notes.md §2): the test mass of items never seen in T draws.
 
     Training draws are i.i.d. from q (`tails.training_distribution`); for a grid of T the stream is extended
     incrementally by multinomial counts, so the T values share one nested stream per trial and each step costs
@@ -182,7 +182,7 @@ def simulate_memorization(T, beta, cutoff=None, clean_fraction=0.0, support=10**
 @single_blas_thread()
 def simulate_iterated_ridge(eigenvalues, w0, generations, T0, T, noise0_var, noise_var, ridge, trials=100,
                             sources=8, seed=0):
-    """Monte Carlo of iterated retraining (notes, section 3), errors for generations 0..generations.
+    """Monte Carlo of iterated retraining (docs/theory-notes.md §3), errors for generations 0..generations.
 
     Generation g+1 is OLS on T₀ fresh samples labelled by generation g plus N(0, σ₀²); the downstream ridge is
     fitted on T samples labelled by generation g plus N(0, σ²) and scored by ‖ŵ − w₀‖²_Σ.

@@ -1,4 +1,4 @@
-"""A Tale of Tails: memorisation under a Zipf law (theory notes, section 2).
+"""A Tale of Tails: memorisation under a Zipf law (docs/theory-notes.md, section 2).
 
 Items i = 1..N (N = `support`) have test probabilities p_i ∝ i^(−β), β > 1, and one deterministic answer each.
 A learner that memorises every pair it saw in T draws from a training law q has expected test error
@@ -80,7 +80,7 @@ def training_distribution(beta, cutoff=None, clean_fraction=0.0, support=10**7, 
 
 
 def memorization_error(T, beta, cutoff=None, clean_fraction=0.0, support=10**7, temperature=1.0):
-    """E(T) = Σ_i p_i (1 − q_i)^T for the law q described in the module docstring (notes, section 2).
+    """E(T) = Σ_i p_i (1 − q_i)^T for the law q described in the module docstring (docs/theory-notes.md §2).
 
     Vectorised over T (scalar -> float, array -> array of the same shape). Exact float64 summation over the
     support in blocks: (1 − q)^T is evaluated as exp(T·log1p(−q)), which stays accurate for q ≪ 1/T, and blocks
@@ -120,7 +120,7 @@ def tail_mass(cutoff, beta, support=None) -> float:
 def top_p_cutoff(top_p, beta, support=None) -> int:
     """Nucleus size k for top-p sampling from a Zipf(β) law: the smallest k with Σ_{i≤k} p_i >= top_p.
 
-    Asymptotically k ≈ ((1 − top_p)(β − 1)ζ(β))^(−1/(β−1)) ∝ (1 − top_p)^(−1/(β−1)) (notes, section 2).
+    Asymptotically k ≈ ((1 − top_p)(β − 1)ζ(β))^(−1/(β−1)) ∝ (1 − top_p)^(−1/(β−1)) (docs/theory-notes.md §2).
     """
     top_p = check_real(top_p, "top_p", 0.0, 1.0, low_open=True)
     beta = _check_beta(beta)
@@ -149,7 +149,7 @@ def top_p_cutoff_asymptotic(top_p, beta) -> float:
 
 
 def temperature_exponent(beta, temperature) -> float:
-    """β' = β/τ: sampling at temperature τ from a Zipf(β) law gives a Zipf(β/τ) law (notes, section 2)."""
+    """β' = β/τ: sampling at temperature τ from a Zipf(β) law gives a Zipf(β/τ) law (docs/theory-notes.md §2)."""
     return _check_beta(beta) / check_real(temperature, "temperature", 0.0, math.inf, low_open=True)
 
 
@@ -169,7 +169,7 @@ def generator_cutoff(T0, beta) -> float:
 
 
 def clean_error_exponent(beta) -> float:
-    """c = 1 − 1/β in E(T) ~ T^(−c) for clean data (notes, section 2)."""
+    """c = 1 − 1/β in E(T) ~ T^(−c) for clean data (docs/theory-notes.md §2)."""
     return 1.0 - 1.0 / _check_beta(beta)
 
 
@@ -189,7 +189,7 @@ def plateau_asymptotic(cutoff, beta) -> float:
 
 
 def mixture_plateau_window(cutoff, beta, clean_fraction) -> tuple[float, float]:
-    """(T_start, T_end) of the stall of a π-mixture on the plateau (notes, section 2: k^β to k^β/π).
+    """(T_start, T_end) of the stall of a π-mixture on the plateau (docs/theory-notes.md §2: k^β to k^β/π).
 
     T_start is where the clean asymptote reaches the plateau, C·T^(−c) = k^(−(β−1))/((β−1)ζ(β)), which is ∝ k^β;
     the clean part π·T then needs T_end = T_start/π to get there.
