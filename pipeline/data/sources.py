@@ -190,11 +190,16 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------- files
 
 
-def _load_files(pattern: str, text_field: str, txt_mode: TxtMode, max_documents: int | None) -> list[str]:
-    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    paths = [p for p in paths if os.path.isfile(p)]
+def corpus_files(pattern: str) -> list[str]:
+    """The files a `files:` glob matches (sorted); a UserError when it matches none."""
+    paths = [p for p in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if os.path.isfile(p)]
     if not paths:
         raise UserError(f"corpus.source: files:{pattern} matches no files; give a glob of .txt, .jsonl or .parquet files")
+    return paths
+
+
+def _load_files(pattern: str, text_field: str, txt_mode: TxtMode, max_documents: int | None) -> list[str]:
+    paths = corpus_files(pattern)
     readers = {".txt": lambda p: _read_txt(p, txt_mode), ".jsonl": lambda p: _read_jsonl(p, text_field),
                ".parquet": lambda p: _read_parquet(p, text_field)}
     for path in paths:

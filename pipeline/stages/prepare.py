@@ -52,6 +52,7 @@ def prepare_params(cfg) -> dict[str, Any]:
         source["split"] = corpus.split
     if corpus.source.startswith("files:"):
         source["txt_mode"] = corpus.txt_mode
+        source["content"] = files_identity(corpus.source.removeprefix("files:"))
     if corpus.source == "builtin:wikipedia":
         source["min_chars"] = corpus.min_chars
     if corpus.source == REFERENCE:
@@ -63,6 +64,16 @@ def prepare_params(cfg) -> dict[str, Any]:
         tokenizer = {"kind": "pretrained", "path": tok.path or cfg.teacher.model.pretrained,
                      "trust_remote_code": cfg.teacher.model.trust_remote_code}
     return {"corpus": source, "tokenizer": tokenizer, "block_size": cfg.packing.block_size}
+
+
+def files_identity(pattern: str) -> dict[str, Any]:
+    """The files a `files:` glob matches, by content (size + sha256, cached by size and mtime): an
+    edited or added file changes prepare's fingerprint, so everything downstream reruns."""
+    from pipeline.data.sources import corpus_files
+    from pipeline.io import content_identity
+    from pipeline.lm.pretrained import cache_root
+
+    return content_identity([Path(p) for p in corpus_files(pattern)], cache_root() / "content-hashes.json")
 
 
 def run(ctx) -> dict[str, Any]:
