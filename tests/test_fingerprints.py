@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any, get_args
 
 import pytest
@@ -148,9 +149,21 @@ def effect_of(raw: dict, path: str) -> str | None:
     return next((e for e in ("params", "settings", "none") if e in effects), None)
 
 
-def test_every_config_field_is_fingerprinted_declared_a_setting_or_orchestration_only(monkeypatch, tmp_path):
+TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _corpus_files(monkeypatch, tmp_path):
+    """files: sources are planned by content, so the globs above must match real files."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
-    cfg = load_config("tests/configs/tiny.yaml")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("one document\n\nanother one\n")
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "a document"}\n')
+
+
+def test_every_config_field_is_fingerprinted_declared_a_setting_or_orchestration_only():
+    cfg = load_config(TINY)
     raw = cfg.model_dump(mode="json")
     problems = []
     for path, _, _ in leaf_fields(Config, cfg):
@@ -165,5 +178,5 @@ def test_every_config_field_is_fingerprinted_declared_a_setting_or_orchestration
 
 @pytest.mark.parametrize("path", sorted(DECLARED_SETTINGS))
 def test_declared_settings_never_change_fingerprints(path):
-    cfg = load_config("tests/configs/tiny.yaml")
+    cfg = load_config(TINY)
     assert effect_of(cfg.model_dump(mode="json"), path) == "settings", path
