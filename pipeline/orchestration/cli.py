@@ -3,6 +3,7 @@
     collapse run [CONFIG] [--stages a,b] [--force STAGE[,STAGE]] [--set key.path=value]...
     collapse plan [CONFIG]                    units, fingerprints, done/pending — runs nothing
     collapse status RUN_DIR                   a table per stage; the results table
+    collapse verify RUN_DIR [--repair]        hash every finished unit's files; redo damaged ones
     collapse stage STAGE CONFIG --unit ID     one unit (what Slurm array tasks and accelerate workers run)
     collapse submit CONFIG [--dry-run]        job arrays on a Slurm cluster
     collapse theory ...                       predictions and figures of the linear theory
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="runs/NAME")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("verify", help="check every finished unit's files against the hashes in its manifest")
+    p.add_argument("run_dir", help="runs/NAME")
+    p.add_argument("--repair", action="store_true", help="redo damaged units and the units that read them")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("stage", help="run one unit of one stage")
     p.add_argument("stage", choices=STAGES)
     with_config(p, optional=False)
@@ -156,13 +162,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.orchestration.status import print_status
 
-    run_dir = Path(args.run_dir)
+    cfg = _run_dir_config(Path(args.run_dir))
+    print_status(cfg, _executor(cfg))
+    return ExitCode.OK
+
+
+def _run_dir_config(run_dir: Path) -> Config:
     resolved = run_dir / "config.yaml"
     if not resolved.is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml); give runs/NAME of a run started with collapse run/submit")
-    cfg = load_config(resolved)
-    print_status(cfg, _executor(cfg))
-    return 0
+    return load_config(resolved)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Hash every finished unit's files; report damage with the file; --repair redoes it (and dependents)."""
+    from pipeline.orchestration.launchers import get_launcher
+    from pipeline.orchestration.sweep import mark_damaged, run_units
+
+    cfg = _run_dir_config(Path(args.run_dir))
+    executor = _executor(cfg)
+    units = list(executor.planned)
+    damaged = mark_damaged(executor, units, hashes=True)
+    print(f"{len(units)} units checked, {len(damaged)} damaged" + (f": {', '.join(sorted(damaged))}" if damaged else ""))
+    if not damaged or not args.repair:
+        return ExitCode.FAILED if damaged else ExitCode.OK
+    redo = [u for u in units if u.key in executor.redo]
+    _add_run_log(cfg.run_dir)
+    outcomes = run_units(executor, redo, get_launcher(cfg, cfg.run_dir / "config.yaml"), progress=True)
+    return _summarize_outcomes(cfg, outcomes)
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
