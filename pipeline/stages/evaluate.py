@@ -14,6 +14,7 @@ Also, when present:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def run(ctx) -> dict[str, Any]:
 
     test = evaluate_stream(model, token_stream(artifacts.blocks(prepare_dir, "test")),
                            desc=f"test {ctx.unit.id}", **settings)
+    _text_bytes_denominator(test, int(prepare["splits"]["test"]["bytes"]))
     row = _identity(ctx.unit.id, train_manifest, mix_manifest)
     row.update(loss=test["loss"], ppl=test["perplexity"], bpb=test["bits_per_byte"], test_tokens=test["tokens"],
                test_bytes=test["bytes"], test_nll_sum=test["nll_sum"])
@@ -86,6 +88,14 @@ def run(ctx) -> dict[str, Any]:
                  row["ppl"], row["bpb"] or float("nan"),
                  f", synthetic loss {row['synthetic_loss']:.4f}" if "synthetic_loss" in row else "")
     return row
+
+
+def _text_bytes_denominator(result: dict[str, Any], text_bytes: int) -> None:
+    """Bits per byte divide by the UTF-8 bytes of the test text itself whenever the token byte table does
+    not sum to it (a normalising or SentencePiece-style tokenizer; byte-level BPE sums exactly)."""
+    if result["bytes"] != text_bytes and text_bytes > 0:
+        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / text_bytes
+        result["bytes"] = text_bytes
 
 
 def _load_model(path: Path, trust_remote_code: bool, device):
