@@ -1,22 +1,20 @@
-"""Fits that connect measured losses to the collapse theory (pure numpy/scipy; arguments in, JSON-able dicts out).
+"""Fits of measured losses (pure numpy/scipy; arguments in, JSON-able dicts out).
 
-- `fit_scaling_curves`: L_p(n) = E_p + A·n^(−α) per synthetic fraction p, least squares on log L, bootstrap CIs.
-- `fit_synthetic_quality` (+ `_from_rows`): E_p − E_0 ≈ p²c² [+ p(1 − p)·b], the isotropic strong-collapse form
-  (theory notes §1: p₂²c² + p₁p₂·u·c², so b estimates u·c², the finite-n part).
-- `fit_tail_model`, `predicted_tail_cutoff`: Zipf exponent of a rank-frequency list and the tail cut it implies
-  (notes §2, `pipeline.theory.tails`).
-- `compare_model_sizes`: observed ordering of student sizes vs the random-projection model (notes §1).
+- `fit_scaling_curves`: L_p(n) = E_p + A·n^(−α) per synthetic fraction p, least squares on log L, bootstrap
+  intervals, the collapse gap E_p − E_0 and the curve's value at budgets it did not see (`predict_at`).
+- `fit_tail_model`, `predicted_tail_cutoff`: Zipf exponent β of a rank-frequency list and the tail cut that
+  top-p sampling or a finite teacher implies (A Tale of Tails, Dohmatob et al. 2024: a cut at rank k leaves a
+  plateau of order k^−(β−1); via `pipeline.theory.tails`).
+The linear theory fitted to the plateaus and the model-size comparison are in `theory_fit.py`; predict-then-verify
+and the measured summaries (seed means, gaps, trends over generations) in `prediction.py`.
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-
 import numpy as np
 from scipy.optimize import least_squares
 
-from pipeline.theory import linear, tails
+from pipeline.theory import tails
 
 ALPHA_BOUNDS = (1e-4, 2.0)  # α in (0, 2]
 _ALPHA_STARTS = (0.1, 0.3, 0.7, 1.5)  # multi-start: log-space fits of power laws have local minima in α
@@ -154,56 +152,84 @@ def _identifiability_warnings(fractions, budgets_per_fraction, shared, theta, mo
     return notes
 
 
-def fit_scaling_curves(rows, shared=True, bootstrap=200, seed=0) -> dict:
+def _bootstrap_replicates(model, theta, data, fraction_index, n_fractions, shared, bootstrap, seed):
+    """(plateaus [B, F], amplitudes [B, G], exponents [B, G], unit) of `bootstrap` refits on resampled data."""
+    rng = np.random.default_rng(seed)
+    budgets, loss, seeds = data["token_budget"].astype(float), data["loss"], data["seed"]
+    plateaus, amplitudes, alphas, unit = [], [], [], None
+    for _ in range(bootstrap):
+        idx, log_loss, unit = _bootstrap_sample(rng, fraction_index, budgets, seeds, np.log(loss), n_fractions)
+        boot = _CurveModel(fraction_index[idx], budgets[idx], n_fractions, shared)
+        plateau, log_amp, alpha = boot.unpack(boot.fit(np.exp(log_loss), [theta.copy()]))  # warm start
+        plateaus.append(plateau)
+        amplitudes.append(np.exp(log_amp) * boot.n_ref**alpha)
+        alphas.append(alpha)
+    G = model.n_groups
+    shape = lambda values, width: np.array(values, dtype=float).reshape(len(values), width)
+    return shape(plateaus, n_fractions), shape(amplitudes, G), shape(alphas, G), unit
+
+
+def _fraction_entry(f, point, boot, predict_at, shared, counts):
+    """One fraction's fitted plateau (and gap to p = 0, predictions at `predict_at`) with 95% intervals.
+
+    point and boot are (plateaus, amplitudes, exponents): the point estimate as [1, ·] arrays, the replicates [B, ·].
+    """
+    g = 0 if shared else f
+    ci = (lambda samples: _interval(samples)) if boot[0].size else (lambda samples: None)
+    entry = {"E": float(point[0][0, f]), "E_ci": ci(boot[0][:, f]), "points": counts[0], "budgets": counts[1]}
+    if not shared:
+        entry.update(alpha=float(point[2][0, g]), alpha_ci=ci(boot[2][:, g]), A=float(point[1][0, g]),
+                     A_ci=ci(boot[1][:, g]))
+    if predict_at:
+        entry["predicted"] = {}
+        for n in predict_at:
+            value = lambda arrays, n=float(n): arrays[0][:, f] + arrays[1][:, g] * n ** (-arrays[2][:, g])
+            samples = value(boot)
+            log_sd = float(np.std(np.log(samples[samples > 0]), ddof=1)) if samples.size > 1 else None
+            entry["predicted"][str(int(n))] = {"value": float(value(point)[0]), "ci": ci(samples), "log_sd": log_sd}
+    return entry
+
+
+def fit_scaling_curves(rows, shared=True, bootstrap=200, seed=0, predict_at=()) -> dict:
     """Fit L_p(n) = E_p + A·n^(−α) to rows of {synthetic_fraction, token_budget, seed, loss}.
 
     A and α are shared across fractions by default (shared=False: one pair per fraction). Least squares on
     log L with E_p >= 0 and α in (0, 2], multi-start in α. Uncertainty: `bootstrap` replicates resampling the
     seeds (runs) of every (fraction, budget) cell when each has several, else rows within each fraction; 95%
     percentile intervals. With few seeds the intervals are somewhat too narrow (bootstrap variance ∝ (k−1)/k).
+    With p = 0 among the fractions, every fraction also gets its collapse gap E_p − E_0 ("gap", "gap_ci", the
+    interval from the same replicates); `predict_at` budgets get the fitted curve's value there ("predicted").
     Returns a JSON-able dict; a "warning" field says when the plateau or α is weakly identified.
     """
     data = _rows_to_arrays(rows)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
         raise ValueError(f"bootstrap must be an integer >= 0, got {bootstrap!r}")
     fractions, fraction_index = np.unique(data["synthetic_fraction"], return_inverse=True)
-    budgets, loss, seeds = data["token_budget"].astype(float), data["loss"], data["seed"]
+    budgets, loss = data["token_budget"].astype(float), data["loss"]
     F = fractions.size
     model = _CurveModel(fraction_index, budgets, F, shared)
     theta = model.fit(loss, model.starts(loss))
-
-    rng = np.random.default_rng(seed)
-    replicates = []
-    for _ in range(bootstrap):
-        idx, log_loss, unit = _bootstrap_sample(rng, fraction_index, budgets, seeds, np.log(loss), F)
-        boot = _CurveModel(fraction_index[idx], budgets[idx], F, shared)
-        boot_theta = boot.fit(np.exp(log_loss), [theta.copy()])  # warm start at the point estimate
-        plateau, log_amp, alpha = boot.unpack(boot_theta)
-        replicates.append(np.r_[plateau, np.exp(log_amp) * boot.n_ref**alpha, alpha])
-    replicates = np.array(replicates).reshape(len(replicates), F + 2 * model.n_groups)
-
+    *boot, unit = _bootstrap_replicates(model, theta, data, fraction_index, F, shared, bootstrap, seed)
     plateau, log_amp, alpha = model.unpack(theta)
     amplitude = np.exp(log_amp) * model.n_ref**alpha
-    G = model.n_groups
-    ci = (lambda j: _interval(replicates[:, j])) if bootstrap else (lambda j: None)
+    point = (plateau[None, :], amplitude[None, :], alpha[None, :])
     budgets_per_fraction = [np.unique(budgets[fraction_index == f]).size for f in range(F)]
-    per_fraction = {}
-    for f, p in enumerate(fractions):
-        entry = {"E": float(plateau[f]), "E_ci": ci(f), "points": int(np.sum(fraction_index == f)),
-                 "budgets": int(budgets_per_fraction[f])}
-        if not shared:
-            entry.update(alpha=float(alpha[f]), alpha_ci=ci(F + G + f), A=float(amplitude[f]), A_ci=ci(F + f))
-        per_fraction[_key(p)] = entry
+    per_fraction = {_key(p): _fraction_entry(f, point, boot, predict_at, shared,
+                                             (int(np.sum(fraction_index == f)), int(budgets_per_fraction[f])))
+                    for f, p in enumerate(fractions)}
+    if fractions[0] == 0.0:
+        for f, p in enumerate(fractions):
+            per_fraction[_key(p)].update(gap=float(plateau[f] - plateau[0]),
+                                         gap_ci=_interval(boot[0][:, f] - boot[0][:, 0]) if bootstrap else None)
     fitted = model.predict(theta)
-    if not bootstrap:
-        unit = None
+    ci = (lambda samples: _interval(samples)) if bootstrap else (lambda samples: None)
     result = {
         "model": "L_p(n) = E_p + A * n^(-alpha), least squares on log L",
         "shared": bool(shared),
         "alpha": float(alpha[0]) if shared else None,
-        "alpha_ci": ci(F + G) if shared else None,
+        "alpha_ci": ci(boot[2][:, 0]) if shared else None,
         "A": float(amplitude[0]) if shared else None,
-        "A_ci": ci(F) if shared else None,
+        "A_ci": ci(boot[1][:, 0]) if shared else None,
         "per_fraction": per_fraction,
         "rmse": float(np.sqrt(np.mean((fitted - loss) ** 2))),
         "rmse_log": float(np.sqrt(np.mean((np.log(fitted) - np.log(loss)) ** 2))),
@@ -217,66 +243,15 @@ def fit_scaling_curves(rows, shared=True, bootstrap=200, seed=0) -> dict:
 
 
 def plateaus_from_fit(fit_result: dict) -> dict[float, float]:
-    """{p: E_p} from a `fit_scaling_curves` result, ready for `fit_synthetic_quality`."""
+    """{p: E_p} from a `fit_scaling_curves` result, ready for `theory_fit.fit_linear_theory`."""
     return {float(p): entry["E"] for p, entry in fit_result["per_fraction"].items()}
-
-
-# --------------------------------------------------------------------------------------- synthetic quality
-
-
-def fit_synthetic_quality(plateaus, mixing_term=False) -> dict:
-    """Least squares for E_p − E_0 ≈ p²c² (+ p(1 − p)·b when mixing_term) over the fractions p > 0.
-
-    plateaus: {p: E_p} with keys as floats or strings and E_0 present. In the isotropic theory (notes §1) the
-    plateau is p²c² and b ≈ u·c² is a finite-n remainder. c² < 0 means synthetic data lowered the loss, which
-    the collapse model does not describe: a "warning" says so.
-    """
-    try:
-        points = {float(p): float(e) for p, e in dict(plateaus).items()}
-    except (TypeError, ValueError):
-        raise ValueError("plateaus must map synthetic fractions to numbers, e.g. {0.0: 3.1, 0.2: 3.3}") from None
-    if 0.0 not in points:
-        raise ValueError("plateaus must contain the clean fraction 0 (E_0)")
-    p = np.array(sorted(q for q in points if q > 0))
-    if p.size < (2 if mixing_term else 1) or np.any(p > 1):
-        raise ValueError(f"plateaus needs fractions in (0, 1]: at least {2 if mixing_term else 1} besides 0")
-    excess = np.array([points[q] for q in p]) - points[0.0]
-    design = np.c_[p**2, p * (1 - p)] if mixing_term else p[:, None] ** 2
-    coef, *_ = np.linalg.lstsq(design, excess, rcond=None)
-    residual = excess - design @ coef
-    total = np.sum((excess - excess.mean()) ** 2)
-    result = {
-        "c2": float(coef[0]),
-        "b": float(coef[1]) if mixing_term else 0.0,
-        "r2": float(1 - np.sum(residual**2) / total) if p.size > 1 and total > 0 else None,
-        "form": "E_p - E_0 = p^2 c2 + p(1-p) b" if mixing_term else "E_p - E_0 = p^2 c2",
-        "points": int(p.size),
-    }
-    if coef[0] < 0:
-        result["warning"] = "c2 < 0: synthetic data lowered the loss; the collapse model does not fit these points"
-    return result
-
-
-def fit_synthetic_quality_from_rows(rows, budget=None, mixing_term=False) -> dict:
-    """`fit_synthetic_quality` on the raw loss at one budget (default: the largest), averaged over seeds."""
-    data = _rows_to_arrays(rows)
-    budget = int(data["token_budget"].max()) if budget is None else int(budget)
-    at_budget = data["token_budget"] == budget
-    if not np.any(at_budget):
-        raise ValueError(f"budget={budget} does not occur in rows")
-    by_fraction = defaultdict(list)
-    for p, loss in zip(data["synthetic_fraction"][at_budget], data["loss"][at_budget]):
-        by_fraction[float(p)].append(float(loss))
-    result = fit_synthetic_quality({p: np.mean(v) for p, v in by_fraction.items()}, mixing_term)
-    result.update(budget=budget, source="mean raw loss over seeds at this budget (not extrapolated plateaus)")
-    return result
 
 
 # --------------------------------------------------------------------------------------------------- tails
 
 
 def fit_tail_model(rank_frequency_counts, rank_window=None, min_count=5) -> dict:
-    """Zipf exponent β from counts: least squares of log count on log rank over a rank window (notes §2).
+    """Zipf exponent β from counts: least squares of log count on log rank over a rank window.
 
     rank_frequency_counts: counts per item (a sequence or a mapping item -> count; sorted here, zeros dropped).
     rank_window: (first, last) ranks, 1-based inclusive; default 1 .. the last rank with count >= min_count,
@@ -303,7 +278,7 @@ def fit_tail_model(rank_frequency_counts, rank_window=None, min_count=5) -> dict
 
 
 def predicted_tail_cutoff(beta, top_p=None, teacher_tokens=None, clean_fraction=None) -> dict:
-    """Tail cut implied by top-p sampling and/or a finite teacher (notes §2), with the plateau it predicts.
+    """Tail cut implied by top-p sampling and/or a finite teacher, with the plateau it predicts (A Tale of Tails).
 
     Uses `tails.top_p_cutoff` (nucleus size) and `tails.generator_cutoff` (k where T₀·p_k = 1); with both, the
     stricter (smaller) cut applies. With clean_fraction π, also the predicted stall window (k^β .. k^β/π).
@@ -324,69 +299,3 @@ def predicted_tail_cutoff(beta, top_p=None, teacher_tokens=None, clean_fraction=
     return result
 
 
-# ----------------------------------------------------------------------------------------------- model size
-
-
-def compare_model_sizes(plateaus_by_size, regime="below", n=50, ridge=1e-3, c2=1.0, noise_var=0.25, draws=4,
-                        seed=0) -> dict:
-    """Observed ordering of student sizes against the random-projection model's ordering (notes §1).
-
-    plateaus_by_size: {parameter_count: {p: E_p}}. The k-th smallest student is mapped to the k-th projection
-    size m: below the interpolation threshold (regime="below", m from 0.15n to 0.75n — LM students see far more
-    tokens than they have parameters) or above it (regime="above", m from 1.5n to 6n). The toy problem is
-    isotropic, d = 8n features, Δ = (c²/d)I. Compared per fraction p: the order of the plateaus E_p and, when
-    E_0 is given for every size, the order of the collapse gap E_p − E_0 (the robust prediction: the gap grows
-    with m below the threshold and shrinks above it). Raw-loss orders depend on the toy spectrum; read them as such.
-    """
-    if regime not in ("below", "above"):
-        raise ValueError(f"regime must be 'below' or 'above', got {regime!r}")
-    sizes = sorted(int(s) for s in plateaus_by_size)
-    if len(sizes) < 2:
-        raise ValueError("plateaus_by_size needs at least two model sizes")
-    observed = {s: {float(p): float(e) for p, e in plateaus_by_size[s].items()} for s in sizes}
-    spread = np.linspace(0.15, 0.75, len(sizes)) if regime == "below" else np.geomspace(1.5, 6.0, len(sizes))
-    m_of = dict(zip(sizes, np.maximum(1, np.round(spread * n)).astype(int)))
-    d = 8 * n
-    w_star = make_unit_vector(d, seed)
-    delta = np.full(d, c2 / d)
-
-    def risk(size, p):
-        return linear.random_projection_risk(np.ones(d), w_star, delta, n, int(m_of[size]), p, ridge, noise_var,
-                                             draws=draws, seed=seed).total
-
-    def order(values):  # sizes by ascending value: best first
-        return [s for s, _ in sorted(values.items(), key=lambda kv: kv[1])]
-
-    common = sorted(set.intersection(*(set(v) for v in observed.values())))
-    per_fraction = {}
-    for p in (q for q in common if q > 0):
-        seen = {s: observed[s][p] for s in sizes}
-        predicted = {s: risk(s, p) for s in sizes}
-        entry = {"observed_loss_order": order(seen), "predicted_loss_order": order(predicted)}
-        entry["loss_order_agrees"] = entry["observed_loss_order"] == entry["predicted_loss_order"]
-        if 0.0 in common:
-            seen_gap = {s: seen[s] - observed[s][0.0] for s in sizes}
-            predicted_gap = {s: predicted[s] - risk(s, 0.0) for s in sizes}
-            entry.update(observed_gap_order=order(seen_gap), predicted_gap_order=order(predicted_gap),
-                         observed_gap={str(s): v for s, v in seen_gap.items()},
-                         predicted_gap={str(s): v for s, v in predicted_gap.items()})
-            entry["gap_order_agrees"] = entry["observed_gap_order"] == entry["predicted_gap_order"]
-        entry["observed"] = {str(s): v for s, v in seen.items()}
-        entry["predicted_risk"] = {str(s): v for s, v in predicted.items()}
-        per_fraction[_key(p)] = entry
-    return {
-        "compared": ("orders of student sizes (best first) by plateau E_p and by collapse gap E_p - E_0, against a "
-                     f"random-projection ridge model: isotropic, d={d}, n={n}, ridge={ridge:g}, c2={c2:g}, "
-                     f"k-th smallest student -> k-th m {regime} the interpolation threshold m=n"),
-        "regime": regime,
-        "projection_sizes": {str(s): int(m) for s, m in m_of.items()},
-        "fractions": per_fraction,
-        "caveat": ("the gap order is the model's robust prediction; the raw-loss order depends on the toy "
-                   "spectrum, ridge and noise chosen here and is not a prediction for language models"),
-    }
-
-
-def make_unit_vector(d: int, seed: int) -> np.ndarray:
-    """A random direction with ‖w*‖ = 1 (the toy target of `compare_model_sizes`)."""
-    w = np.random.default_rng(seed).standard_normal(d)
-    return w / math.sqrt(float(w @ w))

@@ -1,33 +1,45 @@
-"""fit: scaling laws and the linear theory, fitted to the measured curves.
+"""fit: scaling laws and the linear theory, fitted to the measured curves; predictions checked on held-out budgets.
 
-One unit, `fit/fit`, at runs/NAME/fit/ with `fit.json`. Inputs: every evaluate unit (its manifest
-carries one results row) and every synthetic corpus (its diagnostics). Per student:
-  - L_p(n) = E_p + A n^-alpha per synthetic fraction p (shared A, alpha by default), bootstrap intervals;
-  - E_p - E_0 ~ p^2 c^2 (+ b p(1-p)): the effective synthetic quality c^2 of the linear theory;
-  - the papers' qualitative findings, each checked on this run's own numbers (the report says when
-    one does not hold).
-Across students: the plateau ordering by model size against the random-projection prediction.
+One unit, `fit/fit`, at runs/NAME/fit/ with `fit.json`. Inputs: every evaluate unit (its manifest carries one
+results row, read through `artifacts.result_rows`) and every synthetic corpus (its diagnostics). A curve is one
+student (and one synthetic generation when the run mixes several). fit.json:
+  students.CURVE      student, generation, parameters, family, mix_mode, budgets, fractions;
+                      curves: L_p(n) = E_p + A n^-alpha on every budget (bootstrap intervals, gaps E_p - E_0);
+                      identification: per p, is E_p identified (>= 3 budgets, fit not at a bound), what is missing;
+                      holdout: predict-then-verify on the largest budget (>= 4 budgets; `prediction.predict_heldout`);
+                      theory: both forms of the linear theory on the plateaus (or, when those are not identified,
+                      on the loss at the largest budget), which one the points support (`theory_fit`);
+                      findings: the papers' qualitative claims, holds true / false / null (not testable: "why");
+                      excess: with an exact entropy (builtin:reference-language), E_p minus it.
+  curve_of_unit       evaluate unit id -> CURVE (how the report groups rows).
+  collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci), measured_gap(+_ci) at the largest budget}.
+  model_sizes         {compared: bool, why | generation, source, sizes, theory: `compare_model_sizes`}.
+  generations         {generate_mode, trends: loss vs generation index per student x mix_mode x p x n}.
+  tails               per corpus: Zipf beta of human and synthetic words, the cutoff top-p implies.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting
-from pipeline.orchestration.runner import Unit, write_json_atomic
+from pipeline.analysis import fitting, prediction, theory_fit
+from pipeline.io import write_json_atomic
+from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
 
 NAME = "fit"
-VERSION = 1
+VERSION = 2
+MODES = {"replace": "grows", "accumulate": "bounded"}
 
 
 def plan(cfg, planned) -> list[Unit]:
-    inputs = tuple(u.key for u in planned.units("evaluate"))
-    corpora = tuple(u.key for u in planned.units("generate") if "-s" not in u.id)
-    params = {"fit": cfg.fit.model_dump(mode="json"), "tail_rank": cfg.generate.tail_rank}
-    return [Unit(NAME, NAME, params, inputs + corpora)]
+    inputs = tuple(u.key for u in planned.units("evaluate")) + artifacts.corpus_keys(planned)
+    params = {"fit": cfg.fit.model_dump(mode="json"), "generate_mode": cfg.generate.mode,
+              "sampling": {"temperature": cfg.generate.temperature, "top_p": cfg.generate.top_p,
+                           "top_k": cfg.generate.top_k}}
+    return [Unit(NAME, NAME, params, inputs)]
 
 
 def curve_label(row: dict, several_generations: bool) -> str:
@@ -35,118 +47,234 @@ def curve_label(row: dict, several_generations: bool) -> str:
     return f"{row['student']} gen{row.get('generation', 0)}" if several_generations else row["student"]
 
 
-def per_fraction(curves: dict) -> dict[float, dict]:
-    """The fit's per-fraction entries keyed by the fraction as a float."""
-    return {float(p): v for p, v in curves.get("per_fraction", {}).items()}
-
-
-def result_rows(ctx) -> list[dict[str, Any]]:
-    """One row per evaluate unit, from its manifest (the rows of evaluate/results.jsonl), plus its curve label."""
-    rows = []
-    for key in ctx.unit.inputs:
-        if key.startswith("evaluate/"):
-            row = dict(ctx.manifest(key)["metrics"])
-            row.setdefault("unit", key.split("/", 1)[1])
-            rows.append(row)
+def label_rows(rows: list[dict]) -> dict[str, list[dict]]:
     several_generations = len({row.get("generation", 0) for row in rows}) > 1
+    curves: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        row["curve"] = curve_label(row, several_generations)
-    return rows
+        curves[curve_label(row, several_generations)].append(row)
+    return dict(sorted(curves.items()))
 
 
 def run(ctx) -> dict[str, Any]:
     params = ctx.params["fit"]
-    rows = result_rows(ctx)
-    by_student: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_student[row["curve"]].append(row)
+    rows = artifacts.result_rows(ctx.inputs)
+    curves = label_rows(rows)
     students = {}
-    for student, student_rows in sorted(by_student.items()):
-        students[student] = fit_student(student_rows, params)
-        ctx.log.info("fit %s: %s", student, _one_line(students[student]))
+    for label, curve_rows in curves.items():
+        students[label] = fit_curve(curve_rows, params)
+        ctx.log.info("fit %s: %s", label, _one_line(students[label]))
     result = {
         "students": students,
-        "model_sizes": _compare_sizes(students),
-        "tails": _fit_tails(ctx),
+        "curve_of_unit": {row["unit"]: label for label, curve_rows in curves.items() for row in curve_rows},
+        "collapse_gap": collapse_gap(students),
+        "model_sizes": compare_sizes(students),
+        "generations": generation_trends(rows, ctx.params.get("generate_mode")),
+        "tails": fit_tails(ctx.inputs, ctx.params.get("sampling") or {}),
+        "reference_language": prediction.exact_entropy(rows) is not None,
         "n_rows": len(rows),
     }
     write_json_atomic(Path(ctx.out) / "fit.json", result)
-    first = next(iter(students.values()), {})
-    return {
-        "alpha": first.get("curves", {}).get("alpha"),
-        "c2": first.get("quality", {}).get("c2"),
-        "findings_hold": all(all(f["holds"] for f in s["findings"].values()) for s in students.values()),
-    }
+    verdicts = [f["holds"] for s in students.values() for f in s["findings"].values()]
+    made = [v for s in students.values() for v in s["holdout"].get("per_fraction", {}).values()]
+    return {"alpha": next(iter(students.values()), {}).get("curves", {}).get("alpha"),
+            "findings_hold": all(v is True for v in verdicts), "findings_untestable": verdicts.count(None),
+            "predictions": len(made), "predictions_inside": sum(bool(v["inside"]) for v in made)}
 
 
-def fit_student(rows: list[dict], params: dict) -> dict[str, Any]:
-    """Curves, plateaus, c^2 and the qualitative findings for one student's rows."""
-    curves = fitting.fit_scaling_curves(rows, shared=params["shared_exponent"], bootstrap=params["bootstrap"])
-    plateaus = {p: v["E"] for p, v in per_fraction(curves).items()}
-    quality = fitting.fit_synthetic_quality(plateaus) if 0.0 in plateaus and len(plateaus) >= 2 else {}
-    return {"curves": curves, "quality": quality, "findings": findings(rows, curves),
-            "parameters": rows[0].get("parameters"), "family": rows[0].get("family")}
+def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
+    """Everything fitted to one curve's rows: scaling law, identification, held-out prediction, theory, findings."""
+    shared, bootstrap = params["shared_exponent"], params["bootstrap"]
+    curves = fitting.fit_scaling_curves(rows, shared=shared, bootstrap=bootstrap)
+    identified = prediction.identification(rows, curves)
+    first = rows[0]
+    entry = {"student": first["student"], "generation": first.get("generation", 0),
+             "parameters": first.get("parameters"), "family": first.get("family"), "mix_mode": first.get("mix_mode"),
+             "budgets": sorted({int(r["token_budget"]) for r in rows}),
+             "fractions": sorted({float(r["synthetic_fraction"]) for r in rows}),
+             "mean_loss": mean_loss_table(rows), "measured_gaps": prediction.measured_gaps(rows),
+             "curves": curves, "identification": identified,
+             "holdout": prediction.predict_heldout(rows, shared=shared, bootstrap=bootstrap),
+             "theory": fit_theory(rows, curves, identified["identified"]),
+             "findings": findings(rows, curves, identified)}
+    entropy = prediction.exact_entropy(rows)
+    if entropy is not None:
+        entry["excess"] = {"entropy": entropy, "plateaus": {
+            p: {"E": v["E"] - entropy, "E_ci": v["E_ci"] and [v["E_ci"][0] - entropy, v["E_ci"][1] - entropy]}
+            for p, v in curves["per_fraction"].items()}}
+    return entry
 
 
-def _mean_loss(rows: list[dict]) -> dict[tuple[float, int], float]:
-    """Mean test loss over seeds at each (fraction, budget)."""
-    groups: dict[tuple[float, int], list[float]] = defaultdict(list)
-    for row in rows:
-        groups[(float(row["synthetic_fraction"]), int(row["token_budget"]))].append(float(row["loss"]))
-    return {key: sum(v) / len(v) for key, v in groups.items()}
+def mean_loss_table(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """{n: {p: {mean, sd, seeds}}} of the test loss (and, with an exact entropy, the excess loss) over seeds."""
+    table: dict[str, dict[str, dict]] = defaultdict(dict)
+    excess = prediction.cell_means(rows, "excess_loss")
+    for (p, n), cell in prediction.cell_means(rows).items():
+        entry = {k: cell[k] for k in ("mean", "sd", "seeds")}
+        if (p, n) in excess:
+            entry.update(excess_mean=excess[(p, n)]["mean"], excess_sd=excess[(p, n)]["sd"])
+        table[str(n)][f"{p:g}"] = entry
+    return dict(table)
 
 
-def findings(rows: list[dict], curves: dict) -> dict[str, dict[str, Any]]:
-    """The papers' three qualitative claims, checked on this run's numbers (never assumed)."""
-    loss = _mean_loss(rows)
-    fractions = sorted({p for p, _ in loss})
-    budgets = sorted({n for _, n in loss})
-    clean = [loss[(0.0, n)] for n in budgets if (0.0, n) in loss]
+def fit_theory(rows: list[dict], curves: dict, identified: bool) -> dict[str, Any]:
+    """The linear theory on the plateaus when they are identified, else on the mean loss at the largest budget."""
+    if identified:
+        points, source, budget = fitting.plateaus_from_fit(curves), "fitted plateaus E_p", None
+    else:
+        cells = prediction.cell_means(rows)
+        budget = max(n for _, n in cells)
+        points = {p: cell["mean"] for (p, n), cell in cells.items() if n == budget}
+        source = f"mean test loss at n = {budget:,} (the plateaus are not identified)"
+    if 0.0 not in points or len(points) < 2:
+        return {"fitted": False, "source": source,
+                "why": "needs p = 0 and at least one p > 0" + (f" measured at n = {budget:,}" if budget else "")}
+    return {"fitted": True, "source": source, "budget": budget, "points": {f"{p:g}": v for p, v in points.items()},
+            **theory_fit.fit_linear_theory(points)}
+
+
+def _verdict(holds: bool | None, values: list[float], what: str, why: str | None = None) -> dict[str, Any]:
+    entry = {"holds": holds, "values": values, "what": what}
+    if why:
+        entry["why"] = why
+    return entry
+
+
+def _increasing(values: list[float], why: str) -> tuple[bool | None, str | None]:
+    if len(values) < 2:
+        return None, why
+    return all(b > a for a, b in zip(values, values[1:])), None
+
+
+def findings(rows: list[dict], curves: dict, identified: dict) -> dict[str, dict[str, Any]]:
+    """The papers' qualitative claims, checked on this curve's numbers: holds true, false, or null (with why)."""
+    cells = {key: cell["mean"] for key, cell in prediction.cell_means(rows).items()}
+    fractions = sorted({p for p, _ in cells})
+    budgets = sorted({n for _, n in cells})
+    clean = [cells[(0.0, n)] for n in budgets if (0.0, n) in cells]
     largest = budgets[-1]
-    at_largest = [loss[(p, largest)] for p in fractions if (p, largest) in loss]
-    fitted = per_fraction(curves)
-    plateau = [fitted[p]["E"] for p in fractions if p in fitted]
+    at_largest = [cells[(p, largest)] for p in fractions if (p, largest) in cells]
+    plateaus = [curves["per_fraction"][f"{p:g}"]["E"] for p in fractions]
+    falls = _increasing([-v for v in clean], "needs p = 0 at two budgets or more")
+    rises = _increasing(at_largest, f"needs two fractions or more at n = {largest:,}")
+    grows = _increasing(plateaus, "needs two fractions or more")
+    if not identified["identified"]:
+        missing = [f"p = {p}: {v['missing']}" for p, v in identified["per_fraction"].items() if not v["identified"]]
+        grows = (None, "plateaus not identified; " + "; ".join(missing))
     return {
-        "clean_loss_falls_with_budget": {
-            "holds": len(clean) >= 2 and all(b < a for a, b in zip(clean, clean[1:])),
-            "values": clean, "what": "p = 0: test loss at each budget, smallest budget first"},
-        "loss_rises_with_fraction_at_largest_budget": {
-            "holds": len(at_largest) >= 2 and all(b > a for a, b in zip(at_largest, at_largest[1:])),
-            "values": at_largest, "what": f"n = {largest}: test loss at each fraction {fractions}"},
-        "plateau_grows_with_fraction": {
-            "holds": len(plateau) >= 2 and all(b > a for a, b in zip(plateau, plateau[1:])),
-            "values": plateau, "what": f"fitted E_p at each fraction {fractions}"},
+        "clean_loss_falls_with_budget": _verdict(falls[0], clean, "p = 0: test loss at each budget, smallest first",
+                                                 falls[1]),
+        "loss_rises_with_fraction_at_largest_budget": _verdict(
+            rises[0], at_largest, f"n = {largest:,}: test loss at each fraction {fractions}", rises[1]),
+        "plateau_grows_with_fraction": _verdict(grows[0], plateaus if grows[0] is not None else [],
+                                                f"fitted E_p at each fraction {fractions}", grows[1]),
     }
 
 
-def _compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
-    sized = {name: s for name, s in students.items() if s.get("parameters")}
-    if len(sized) < 2:
-        return {"compared": False, "why": "needs at least two student sizes"}
-    by_size = {s["parameters"]: {p: v["E"] for p, v in per_fraction(s["curves"]).items()} for s in sized.values()}
-    if len(by_size) < 2:
-        return {"compared": False, "why": "students differ in name but not in parameter count"}
-    return {"compared": True, **fitting.compare_model_sizes(by_size)}
-
-
-def _fit_tails(ctx) -> dict[str, Any]:
-    """Zipf exponents of human vs synthetic word unigrams, from the generate diagnostics."""
-    tails = {}
-    for key in ctx.unit.inputs:
-        if not key.startswith("generate/"):
+def collapse_gap(students: dict[str, dict]) -> list[dict[str, Any]]:
+    """E_p − E_0 per curve and p > 0: the fitted plateau gap (where identified) and the measured gap at n_max."""
+    entries = []
+    for label, student in students.items():
+        per_fraction = student["curves"]["per_fraction"]
+        if "0" not in per_fraction:
             continue
-        diag_path = ctx.inputs[key] / "diagnostics.json"
-        if diag_path.is_file():
-            diag = json.loads(diag_path.read_text())
-            tails[key.split("/", 1)[1]] = {
-                side: fitting.fit_tail_model(diag[side]["word_rank_frequency"])
-                for side in ("human", "synthetic") if side in diag and "word_rank_frequency" in diag[side]
-            }
+        status = student["identification"]["per_fraction"]
+        measured = student.get("measured_gaps", {})
+        for p, fitted in per_fraction.items():
+            if float(p) == 0.0:
+                continue
+            entries.append({"curve": label, "student": student["student"], "parameters": student["parameters"],
+                            "generation": student["generation"], "fraction": float(p),
+                            "plateau_gap": fitted.get("gap"), "plateau_gap_ci": fitted.get("gap_ci"),
+                            "plateau_identified": status[p]["identified"] and status["0"]["identified"],
+                            **_measured_gap(measured.get(p))})
+    return entries
+
+
+def _measured_gap(measured: dict | None) -> dict[str, Any]:
+    if not measured:
+        return {"measured_gap": None, "measured_gap_ci": None, "budget": None}
+    return {"measured_gap": measured["gap"], "measured_gap_ci": measured["gap_ci"], "budget": measured["budget"]}
+
+
+def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
+    """Student sizes of the first generation ordered by collapse gap, against the random-projection model."""
+    if not students:
+        return {"compared": False, "why": "no results rows"}
+    generation = min(s["generation"] for s in students.values())
+    sized = {label: s for label, s in students.items() if s.get("parameters") and s["generation"] == generation}
+    if len({s["parameters"] for s in sized.values()}) < len(sized) or len(sized) < 2:
+        return {"compared": False, "why": "needs at least two students of different parameter counts"}
+    if all(s["identification"]["identified"] for s in sized.values()):
+        source = "fitted plateaus E_p"
+        values = {s["parameters"]: fitting.plateaus_from_fit(s["curves"]) for s in sized.values()}
+    else:
+        budget = min(max(s["budgets"]) for s in sized.values())
+        source = f"mean test loss at n = {budget:,} (the plateaus are not all identified)"
+        values = {s["parameters"]: {float(p): c["mean"] for p, c in s["mean_loss"].get(str(budget), {}).items()}
+                  for s in sized.values()}
+    common = set.intersection(*(set(v) for v in values.values()))
+    if 0.0 not in common or len(common) < 2:
+        return {"compared": False, "why": f"the students share no p = 0 and p > 0 pair in {source}"}
+    return {"compared": True, "generation": generation, "source": source,
+            "sizes": [{"curve": label, "student": s["student"], "parameters": s["parameters"]}
+                      for label, s in sorted(sized.items(), key=lambda kv: kv[1]["parameters"])],
+            "theory": theory_fit.compare_model_sizes(values)}
+
+
+def generation_trends(rows: list[dict], generate_mode: str | None) -> dict[str, Any]:
+    """Loss vs generation index for every student x mix mode x p x n measured at two generations or more."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        key = (row["student"], row.get("mix_mode"), float(row["synthetic_fraction"]), int(row["token_budget"]))
+        groups[key].append(row)
+    trends = []
+    for (student, mix_mode, p, n), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len({r.get("generation", 0) for r in group}) < 2:
+            continue
+        trend = {"student": student, "mix_mode": mix_mode, "fraction": p, "budget": n,
+                 **prediction.generation_trend(group)}
+        trend["finding"] = _generation_finding(trend, generate_mode)
+        trends.append(trend)
+    return {"generate_mode": generate_mode, "trends": trends}
+
+
+def _generation_finding(trend: dict, generate_mode: str | None) -> dict[str, Any]:
+    """replace: the loss grows (slope interval above 0); accumulate: no significant growth (interval reaches 0)."""
+    ci = trend["slope_ci"]
+    if generate_mode not in MODES:
+        return {"holds": None, "why": "the teacher's generate mode is not known to this fit (params generate_mode)"}
+    if ci is None:
+        return {"holds": None, "why": "no interval for the slope (as many rows as parameters)"}
+    if generate_mode == "replace":
+        return {"holds": ci[0] > 0, "what": "replace: test loss grows with the generation index (slope > 0)"}
+    return {"holds": ci[0] <= 0, "what": "accumulate: no significant growth with the generation index "
+            "(slope interval reaches 0 or below; a few generations cannot show boundedness beyond that)"}
+
+
+def fit_tails(inputs: dict[str, Path], sampling: dict) -> dict[str, Any]:
+    """Zipf exponents of human vs synthetic word unigrams (generate diagnostics), and the cut top-p implies."""
+    tails = {}
+    for key in sorted(k for k in inputs if k.startswith("generate/")):
+        diag = artifacts.corpus_diagnostics(inputs[key])
+        fits = {side: fitting.fit_tail_model(diag[side]["word_rank_frequency"])
+                for side in ("human", "synthetic") if "word_rank_frequency" in diag.get(side, {})}
+        top_p = sampling.get("top_p")
+        if "human" in fits and top_p is not None and top_p < 1:
+            try:
+                fits["predicted_cutoff"] = fitting.predicted_tail_cutoff(fits["human"]["beta"], top_p=top_p)
+            except ValueError as exc:  # beta <= 1: the Zipf formulas do not apply
+                fits["predicted_cutoff"] = {"why": str(exc)}
+        if fits:
+            tails[key.split("/", 1)[1]] = fits
     return tails
 
 
 def _one_line(student: dict) -> str:
     curves = student["curves"]
-    plateaus = ", ".join(f"E({p:g})={v['E']:.3f}" for p, v in per_fraction(curves).items())
+    plateaus = ", ".join(f"E({p})={v['E']:.3f}" for p, v in curves["per_fraction"].items())
     alpha = curves.get("alpha")
-    return f"alpha={alpha if alpha is None else round(alpha, 3)} {plateaus} c2={student['quality'].get('c2', float('nan')):.3f}"
+    held = student["holdout"]
+    checks = ", ".join(f"p={p}: {v['relative_error']:+.2%} {'in' if v['inside'] else 'OUT'}"
+                       for p, v in held.get("per_fraction", {}).items())
+    return (f"alpha={alpha if alpha is None else round(alpha, 3)} {plateaus}; identified="
+            f"{student['identification']['identified']}; held-out n={held['heldout_budget']:,}: {checks or held.get('why')}")

@@ -1,175 +1,136 @@
-"""report: what a researcher reads at the end — runs/NAME/report/report.md plus PNG figures.
+"""report: what a researcher reads at the end — runs/NAME/report/report.md, results.md and PNG figures.
 
-One unit, `report/report`. It reads the fit (fit.json), every evaluate row, the synthetic corpora's
-diagnostics and prepare's corpus statistics; it draws the figures (pipeline/analysis/figures.py, and the
-theory-vs-simulation panels from pipeline/theory) and writes a report that states the experiment's
-outcome, including when this run does NOT show a finding.
+One unit, `report/report`. It reads the fit only through fit/fit.json, the results rows and the corpora's
+diagnostics through `artifacts`, and what the run was (corpus, teacher, sampling, mixing, seeds) from the
+`description` its plan put into params. It draws the figures (pipeline/analysis/figures.py, and the
+theory-vs-simulation panels from pipeline/theory) and states the outcome, including every finding this run does
+NOT show and every number it cannot give (a plateau that is not identified is not printed as one). The markdown
+of the fit's sections is in pipeline/analysis/report_text.py.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import figures
-from pipeline.orchestration.runner import Unit, write_text_atomic
-from pipeline.stages.fit import result_rows
+from pipeline.analysis import figures, report_text
+from pipeline.io import read_json_object, write_text_atomic
+from pipeline.orchestration.runner import Unit
+from pipeline.stages import artifacts
 
 NAME = "report"
-VERSION = 1
+VERSION = 2
 
-FINDING_TEXT = {
-    "clean_loss_falls_with_budget": "With only human data (p = 0), the test loss falls as the token budget grows.",
-    "loss_rises_with_fraction_at_largest_budget": "At the largest budget, the test loss rises with the synthetic fraction p.",
-    "plateau_grows_with_fraction": "The fitted plateau E_p (the loss as n → ∞) grows with p: more data does not remove the synthetic penalty.",
-}
+
+def describe(cfg) -> dict[str, Any]:
+    """What the run was, in the words the report prints (hashed: changing it re-renders the report)."""
+    teacher = cfg.teacher.model
+    init = f"pretrained, fine-tuning: {teacher.finetune}" if teacher.pretrained else "trained from scratch"
+    return {"name": cfg.name, "title": cfg.report.title, "corpus_source": cfg.corpus.source,
+            "teacher": teacher.pretrained or teacher.label, "teacher_init": init,
+            "sampling": {"temperature": cfg.generate.temperature, "top_p": cfg.generate.top_p,
+                         "top_k": cfg.generate.top_k},
+            "generations": cfg.generate.generations, "generate_mode": cfg.generate.mode,
+            "mix_mode": cfg.mix.mode, "seeds": list(cfg.train.seeds)}
 
 
 def plan(cfg, planned) -> list[Unit]:
-    inputs = ("fit/fit", "prepare/prepare") + tuple(u.key for u in planned.units("evaluate"))
-    inputs += tuple(u.key for u in planned.units("generate") if "-s" not in u.id)
-    params = {"report": cfg.report.model_dump(mode="json"), "name": cfg.name}
+    inputs = ("fit/fit",) + tuple(u.key for u in planned.units("evaluate")) + artifacts.corpus_keys(planned)
+    params = {"theory_figures": cfg.report.theory_figures, "description": describe(cfg)}
     return [Unit(NAME, NAME, params, inputs)]
 
 
 def run(ctx) -> dict[str, Any]:
     out = Path(ctx.out)
-    fit = json.loads((ctx.inputs["fit/fit"] / "fit.json").read_text())
-    rows = result_rows(ctx)
-    diagnostics = _diagnostics(ctx)
-    figs = out / "figures"
-    drawn = {
-        "loss_vs_budget": figures.loss_vs_budget(rows, fit["students"], figs / "loss_vs_budget.png"),
-        "plateau_vs_fraction": figures.plateau_vs_fraction(fit["students"], figs / "plateau_vs_fraction.png"),
-        "loss_vs_size": figures.loss_vs_size(rows, figs / "loss_vs_size.png"),
-    }
-    if diagnostics:
-        drawn["rank_frequency"] = figures.rank_frequency(diagnostics, figs / "rank_frequency.png")
+    fit = read_json_object(Path(ctx.inputs["fit/fit"]) / "fit.json")
+    if fit is None:
+        raise RuntimeError(f"{ctx.inputs['fit/fit']}/fit.json is missing or damaged; re-run the fit stage")
+    rows = artifacts.result_rows(ctx.inputs)
+    for row in rows:
+        row["curve"] = fit.get("curve_of_unit", {}).get(row.get("unit"), row["student"])
+    diagnostics = {key.split("/", 1)[1]: artifacts.corpus_diagnostics(path)
+                   for key, path in ctx.inputs.items() if key.startswith("generate/")}
+    diagnostics = {name: diag for name, diag in diagnostics.items() if diag}
+    drawn = draw(fit, rows, diagnostics, out / "figures")
     theory = []
-    if ctx.params["report"]["theory_figures"]:
+    if ctx.params["theory_figures"]:
         from pipeline.theory.figures import theory_figures
 
-        theory = theory_figures(figs / "theory")
-    text = render(ctx, fit, rows, diagnostics, drawn, theory)
+        theory = theory_figures(out / "figures" / "theory")
+    text = render(ctx.params["description"], fit, rows, diagnostics,
+                  {k: p.relative_to(out) for k, p in drawn.items()}, [p.relative_to(out) for p in theory])
     write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "results.md", results_markdown(rows))
+    write_text_atomic(out / "results.md", results_markdown(rows) + "\n")
     return {"figures": len(drawn) + len(theory), "rows": len(rows)}
 
 
-def _diagnostics(ctx) -> dict[str, dict]:
-    found = {}
-    for key in ctx.unit.inputs:
-        path = ctx.inputs[key] / "diagnostics.json"
-        if key.startswith("generate/") and path.is_file():
-            found[key.split("/", 1)[1]] = json.loads(path.read_text())
-    return found
+def draw(fit: dict, rows: list[dict], diagnostics: dict, figs: Path) -> dict[str, Path]:
+    students = fit["students"]
+    drawn = {"loss_vs_budget": figures.loss_vs_budget(rows, fit, figs / "loss_vs_budget.png"),
+             "plateau_vs_fraction": figures.plateau_vs_fraction(students, figs / "plateau_vs_fraction.png"),
+             "loss_vs_size": figures.loss_vs_size(rows, figs / "loss_vs_size.png")}
+    if fit.get("reference_language"):
+        drawn["excess_vs_budget"] = figures.loss_vs_budget(rows, fit, figs / "excess_vs_budget.png", excess=True)
+    if len({g["parameters"] for g in fit.get("collapse_gap", [])}) > 1:
+        drawn["gap_vs_size"] = figures.gap_vs_size(fit["collapse_gap"], figs / "gap_vs_size.png")
+    trends = fit.get("generations", {}).get("trends")
+    if trends:
+        drawn["loss_vs_generation"] = figures.loss_vs_generation(trends, fit["generations"].get("generate_mode"),
+                                                                 figs / "loss_vs_generation.png")
+    if diagnostics:
+        drawn["rank_frequency"] = figures.rank_frequency(diagnostics, figs / "rank_frequency.png")
+    return drawn
 
 
-def render(ctx, fit: dict, rows: list[dict], diagnostics: dict, drawn: dict, theory: list[Path]) -> str:
-    cfg = ctx.cfg
-    title = ctx.params["report"]["title"] or f"Model collapse: run `{cfg.name}`"
+def _setup(description: dict, rows: list[dict]) -> list[str]:
+    title = description.get("title") or f"Model collapse: run `{description.get('name', '?')}`"
     fractions = sorted({float(r["synthetic_fraction"]) for r in rows})
     budgets = sorted({int(r["token_budget"]) for r in rows})
-    teacher = cfg.teacher.pretrained if cfg.teacher.init == "pretrained" else cfg.teacher.model.label
-    lines = [f"# {title}", "",
-             f"Human corpus `{cfg.corpus.source}`; teacher `{teacher}` ({cfg.teacher.init}); synthetic text sampled at "
-             f"temperature {cfg.generate.temperature}, top-p {cfg.generate.top_p}, top-k {cfg.generate.top_k}. "
-             f"Students {', '.join(sorted({r['student'] for r in rows}))} trained on `{cfg.mix.mode}` mixtures with "
-             f"synthetic fractions p ∈ {{{', '.join(f'{p:g}' for p in fractions)}}} and token budgets "
-             f"n ∈ {{{', '.join(f'{n:,}' for n in budgets)}}}, seeds {cfg.train.seeds}; each evaluated on held-out "
-             f"human test text (loss in nats/token from the summed NLL over every test token).", ""]
-    lines += ["## Outcome", ""]
-    for student, sfit in sorted(fit["students"].items()):
-        lines.append(f"**{student}** ({_params(sfit.get('parameters'))} parameters):")
-        lines.append("")
-        for key, finding in sfit["findings"].items():
-            mark = "✅ holds" if finding["holds"] else "❌ does NOT hold in this run"
-            values = ", ".join(f"{v:.4f}" for v in finding["values"])
-            lines.append(f"- {FINDING_TEXT[key]} — {mark} ({finding['what']}: {values})")
-        lines.append("")
-    if not all(f["holds"] for s in fit["students"].values() for f in s["findings"].values()):
-        lines += ["Where a finding does not hold, read the figures before the theory: too few optimizer steps, a "
-                  "teacher weaker than the clean student, or seed noise larger than the synthetic penalty all hide "
-                  "collapse at this scale (see the seed spread in the results table).", ""]
-    lines += _fit_section(fit)
-    lines += ["## Figures", "",
-              "**Loss vs data.** Each line is one synthetic fraction p (dark = clean); dashed lines are the fitted "
-              "L_p(n) = E_p + A·n^(−α), dotted lines the plateaus E_p. Collapse looks like lines that flatten "
-              "at a higher level as p grows instead of continuing down.", "",
-              f"![loss vs budget]({drawn['loss_vs_budget'].relative_to(ctx.out)})", "",
-              "**Plateau vs fraction.** Fitted plateaus with bootstrap intervals against the linear theory's "
-              "E_0 + c²p² (+ b·p(1−p)) (Strong Model Collapse, isotropic limit); c² is the effective synthetic "
-              "quality of this teacher.", "",
-              f"![plateau vs fraction]({drawn['plateau_vs_fraction'].relative_to(ctx.out)})", "",
-              "**Loss vs model size** at the largest budget.", "",
-              f"![loss vs size]({drawn['loss_vs_size'].relative_to(ctx.out)})", ""]
+    sampling = description.get("sampling", {})
+    generations = description.get("generations", 1)
+    return [f"# {title}", "",
+            f"Human corpus `{description.get('corpus_source')}`; teacher `{description.get('teacher')}` "
+            f"({description.get('teacher_init')}); synthetic text sampled at temperature {sampling.get('temperature')}, "
+            f"top-p {sampling.get('top_p')}, top-k {sampling.get('top_k')}"
+            + (f", {generations} teacher generations ({description.get('generate_mode')})" if generations > 1 else "")
+            + f". Students {', '.join(sorted({r['student'] for r in rows}))} trained on `{description.get('mix_mode')}` "
+            f"mixtures with synthetic fractions p ∈ {{{', '.join(f'{p:g}' for p in fractions)}}} and token budgets "
+            f"n ∈ {{{', '.join(f'{n:,}' for n in budgets)}}}, seeds {description.get('seeds')}; each evaluated on "
+            "held-out human test text (loss in nats/token from the summed NLL over every test token).", ""]
+
+
+def render(description: dict, fit: dict, rows: list[dict], diagnostics: dict, drawn: dict[str, Path],
+           theory: list[Path]) -> str:
+    """The whole report.md; `drawn` and `theory` are figure paths relative to the report's directory."""
+    lines = _setup(description, rows)
+    lines += report_text.outcome(fit)
+    lines += report_text.predictions(fit)
+    lines += report_text.scaling_fit(fit)
+    lines += report_text.linear_theory(fit)
+    lines += report_text.collapse_gap(fit)
+    lines += report_text.model_sizes(fit)
+    lines += report_text.generations(fit)
+    lines += report_text.tails(fit)
+    lines += report_text.figures_section(drawn, fit)
     if "rank_frequency" in drawn:
-        lines += ["## Synthetic text", "",
-                  "Rank-frequency of words, human vs synthetic (A Tale of Tails: sampling cuts the tail).", "",
-                  f"![rank frequency]({drawn['rank_frequency'].relative_to(ctx.out)})", ""]
-        lines += _diagnostics_table(diagnostics)
+        lines += report_text.diagnostics_table(diagnostics)
     if theory:
         lines += ["## Theory vs simulation", "",
                   "Panels from `pipeline/theory` (no run needed: `collapse theory`): lines are the deterministic "
                   "equivalents, markers Monte Carlo.", ""]
-        lines += [f"![{p.stem}]({p.relative_to(ctx.out)})" for p in theory] + [""]
+        lines += [f"![{p.stem}]({p})" for p in theory] + [""]
+    name = description.get("name", "NAME")
     lines += ["## Every unit", "", results_markdown(rows), "",
-              "## Reproduce", "", "```", f"collapse run {ctx.run_dir / 'config.yaml'}",
-              f"collapse status {ctx.run_dir}", "```", ""]
+              "## Reproduce", "", "```", f"collapse run runs/{name}/config.yaml", f"collapse status runs/{name}",
+              "```", ""]
     return "\n".join(lines)
 
 
-def _num(value: Any, spec: str = ".4f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "–"
-
-
-def _params(n: Any) -> str:
-    return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
-
-
-def _fit_section(fit: dict) -> list[str]:
-    lines = ["## Scaling-law fit", "", "| student | p | plateau E_p | 95% interval | α | A | c² | R² (c² form) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for student, sfit in sorted(fit["students"].items()):
-        curves, quality = sfit["curves"], sfit.get("quality") or {}
-        for p, per in sorted(curves["per_fraction"].items(), key=lambda kv: float(kv[0])):
-            ci = per.get("E_ci") or [float("nan")] * 2
-            alpha, amplitude = per.get("alpha", curves.get("alpha")), per.get("A", curves.get("A"))
-            lines.append(f"| {student} | {float(p):g} | {per['E']:.4f} | [{_num(ci[0])}, {_num(ci[1])}] | "
-                         f"{_num(alpha, '.3f')} | {_num(amplitude, '.3g')} | {_num(quality.get('c2'))} | "
-                         f"{_num(quality.get('r2'), '.3f')} |")
-        if curves.get("warning"):
-            lines.append(f"\n> {student}: {curves['warning']}\n")
-    sizes = fit.get("model_sizes", {})
-    lines += ["", f"Model sizes: {sizes.get('summary') or sizes.get('why') or json.dumps(sizes)}", ""]
-    return lines
-
-
-def _diagnostics_table(diagnostics: dict) -> list[str]:
-    keys = ["zipf_word", "zipf_token", "human_test_type_coverage", "distinct_1", "distinct_2", "distinct_3",
-            "mean_document_tokens", "tail_mass", "teacher_test_ppl"]
-    lines = ["| corpus | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name, diag in sorted(diagnostics.items()):
-        for side in ("human", "synthetic"):
-            values = diag.get(side) or {}
-            cells = [_cell(values.get(k)) for k in keys]
-            lines.append(f"| {name} {side} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
 def results_markdown(rows: list[dict]) -> str:
-    columns = ["student", "parameters", "generation", "synthetic_fraction", "token_budget", "seed", "step",
-               "loss", "ppl", "bpb", "synthetic_loss"]
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    ordered = sorted(rows, key=lambda r: (r["student"], r.get("generation", 0), r["synthetic_fraction"],
-                                          r["token_budget"], r.get("seed", 0)))
-    for row in ordered:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    """The results table: `artifacts.RESULT_COLUMNS`, formatted by `artifacts.format_cell` (as `collapse status`)."""
+    columns = [(key, header, spec) for key, header, spec in artifacts.RESULT_COLUMNS
+               if any(row.get(key) is not None for row in rows)]
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|---" * len(columns) + "|"]
+    for row in sorted(rows, key=artifacts.result_sort_key):
+        lines.append("| " + " | ".join(artifacts.format_cell(row, key, spec) for key, _, spec in columns) + " |")
     return "\n".join(lines)

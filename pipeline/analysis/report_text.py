@@ -1,0 +1,262 @@
+"""The report's markdown sections for a fit.json (pipeline/stages/fit.py documents its layout): tables and sentences.
+
+Every function takes fit.json (a dict) and returns lines. A number the fit could not establish is printed as
+what is missing, never as a finding: plateaus that are not identified, predictions that were not made, forms of
+the theory the points cannot tell apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FINDING_TEXT = {
+    "clean_loss_falls_with_budget": "With only human data (p = 0), the test loss falls as the token budget grows.",
+    "loss_rises_with_fraction_at_largest_budget":
+        "At the largest budget, the test loss rises with the synthetic fraction p.",
+    "plateau_grows_with_fraction":
+        "The fitted plateau E_p (the loss as n → ∞) grows with p: more data does not remove the synthetic penalty.",
+}
+
+
+def num(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def interval(ci: list[float] | None, spec: str = ".4f") -> str:
+    return f"[{num(ci[0], spec)}, {num(ci[1], spec)}]" if ci else "–"
+
+
+def params(n: Any) -> str:
+    return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
+
+
+def _mark(holds: bool | None) -> str:
+    return {True: "✅ holds", False: "❌ does NOT hold in this run", None: "⚠️ not testable here"}[holds]
+
+
+def outcome(fit: dict) -> list[str]:
+    lines = ["## Outcome", ""]
+    for label, student in sorted(fit["students"].items()):
+        lines += [f"**{label}** ({params(student.get('parameters'))} parameters):", ""]
+        for key, finding in student["findings"].items():
+            values = ", ".join(f"{v:.4f}" for v in finding["values"])
+            detail = finding.get("why") or f"{finding['what']}: {values}"
+            lines.append(f"- {FINDING_TEXT.get(key, key)} — {_mark(finding['holds'])} ({detail})")
+        lines.append("")
+    verdicts = [f["holds"] for s in fit["students"].values() for f in s["findings"].values()]
+    if False in verdicts:
+        lines += ["Where a finding does not hold, read the figures before the theory: too few optimizer steps, a "
+                  "teacher weaker than the clean student, or seed noise larger than the synthetic penalty all hide "
+                  "collapse at this scale (see the seed spread in the results table).", ""]
+    return lines
+
+
+def _prediction_row(label: str, held: dict, p: str, entry: dict, excess: bool) -> str:
+    measured = f"{entry['measured']:.4f}" + (f" ± {entry['measured_sd']:.4f}" if entry["measured_sd"] else "")
+    inside = {True: "yes", False: "**no**", None: "– (no interval)"}[entry["inside"]]
+    cells = [label, p, ", ".join(f"{n:,}" for n in held["fitted_budgets"]), f"{held['heldout_budget']:,}",
+             f"{entry['predicted']:.4f}", interval(entry["interval"]), f"{measured} ({entry['seeds']})",
+             f"{entry['relative_error']:+.2%}", inside]
+    if excess:
+        rel = entry.get("excess_relative_error")
+        cells += [num(entry.get("predicted_excess")), num(entry.get("measured_excess")),
+                  f"{rel:+.1%}" if rel is not None else "–"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def predictions(fit: dict) -> list[str]:
+    """Predict, then verify: the held-out largest budget against the curve fitted without it."""
+    excess = bool(fit.get("reference_language"))
+    lines = ["## Predict, then verify", "",
+             "For every curve with at least four budgets, L_p(n) = E_p + A·n^(−α) was fitted WITHOUT the largest "
+             "budget and then asked for the loss there. The interval is a 95% prediction interval for the measured "
+             "mean over seeds (bootstrap over seeds of the fitted curve, widened by the seed spread of the fitted "
+             "budgets). Relative error = (predicted − measured) / measured.", ""]
+    header = ("| curve | p | fitted on n | held-out n | predicted | 95% interval | measured ± sd (seeds) | rel. error "
+              "| inside? |")
+    if excess:
+        header += " predicted excess | measured excess | excess rel. error |"
+    table, notes, made = [header, "|---" * (header.count("|") - 1) + "|"], [], []
+    for label, student in sorted(fit["students"].items()):
+        held = student["holdout"]
+        for p, entry in held.get("per_fraction", {}).items():
+            table.append(_prediction_row(label, held, p, entry, excess))
+            made.append(entry)
+        if not held.get("made"):
+            notes.append(f"- {label}: no prediction made: {held['why']}.")
+        notes += [f"- {label}, p = {p}: not predicted: {why}." for p, why in held.get("skipped", {}).items()
+                  if held.get("made")]
+    if made:
+        errors = sorted(abs(e["relative_error"]) for e in made)
+        inside = sum(bool(e["inside"]) for e in made)
+        lines += table + ["", f"{inside} of {len(made)} held-out measurements fall inside their intervals; "
+                          f"|relative error| median {errors[len(errors) // 2]:.2%}, largest {errors[-1]:.2%}.", ""]
+    return lines + notes + ([""] if notes else [])
+
+
+def scaling_fit(fit: dict) -> list[str]:
+    excess = bool(fit.get("reference_language"))
+    header = "| curve | p | budgets | plateau E_p | 95% interval |" + (" E_p − entropy |" if excess else "") + " α | A |"
+    lines = ["## Scaling-law fit (all budgets)", "", header, "|---" * (header.count("|") - 1) + "|"]
+    missing, warnings = [], []
+    for label, student in sorted(fit["students"].items()):
+        curves, status = student["curves"], student["identification"]["per_fraction"]
+        for p, per in sorted(curves["per_fraction"].items(), key=lambda kv: float(kv[0])):
+            ok = status[p]["identified"]
+            cells = [label, p, str(per["budgets"]), num(per["E"]) if ok else "not identified",
+                     interval(per.get("E_ci")) if ok else "–"]
+            if excess:
+                cells.append(num(student["excess"]["plateaus"][p]["E"]) if ok and "excess" in student else "–")
+            cells += [num(per.get("alpha", curves.get("alpha")), ".3f"), num(per.get("A", curves.get("A")), ".3g")]
+            lines.append("| " + " | ".join(cells) + " |")
+            if not ok:
+                missing.append(f"- {label}, p = {p}: {status[p]['missing']}.")
+        if curves.get("warning"):
+            warnings.append(f"> {label}: {curves['warning']}")
+    lines.append("")
+    if missing:
+        lines += ["**Plateaus not identified** (no plateau is reported for these; what is missing):", ""] + missing + [""]
+    return lines + warnings + ([""] if warnings else [])
+
+
+def linear_theory(fit: dict) -> list[str]:
+    lines = ["## Linear theory: n → ∞ form vs finite-n form", "",
+             "Strong Model Collapse's isotropic ridge model gives the gap E_p − E_0 = p²c² as n → ∞ and "
+             "(p² + p(1−p)u)c², u = φ/(1−φ), φ = d/n, at finite n. Both are fitted to the points below; the "
+             "finite-n form is preferred only when its extra term passes an F-test at the 5% level.", ""]
+    for label, student in sorted(fit["students"].items()):
+        theory = student["theory"]
+        if not theory.get("fitted"):
+            lines += [f"**{label}**: not fitted: {theory['why']}.", ""]
+            continue
+        lines += [f"**{label}**, on {theory['source']}:", "",
+                  "| form | c² | u (φ) | R² | residuals by p |", "|---|---|---|---|---|"]
+        for form, name in (("asymptotic", "n → ∞: p²c²"), ("finite_n", "finite n: (p²+p(1−p)u)c²")):
+            entry = theory[form]
+            u = f"{num(entry.get('u'), '.3g')} ({num(entry.get('phi'), '.3g')})" if form == "finite_n" else "–"
+            residuals = ", ".join(f"{p}: {r:+.4f}" for p, r in entry["residuals"].items())
+            lines.append(f"| {name} | {num(entry['c2'], '.4g')} | {u} | {num(entry['r2'], '.3f')} | {residuals} |")
+        lines += ["", f"Verdict: {theory['verdict']}."]
+        if theory.get("warning"):
+            lines.append(f"> {theory['warning']}")
+        lines.append("")
+    return lines
+
+
+def collapse_gap(fit: dict) -> list[str]:
+    gaps = fit.get("collapse_gap") or []
+    if not gaps:
+        return []
+    lines = ["## Collapse gap per student", "",
+             "| curve | parameters | p | plateau gap E_p − E_0 | 95% interval | measured gap L_p − L_0 "
+             "| 95% interval (seeds) |",
+             "|---|---|---|---|---|---|---|"]
+    for g in gaps:
+        ok = g["plateau_identified"]
+        measured = f"{num(g['measured_gap'])} at n = {g['budget']:,}" if g.get("budget") else "–"
+        lines.append(f"| {g['curve']} | {params(g['parameters'])} | {g['fraction']:g} | "
+                     f"{num(g['plateau_gap']) if ok else 'not identified'} | "
+                     f"{interval(g['plateau_gap_ci']) if ok else '–'} | "
+                     f"{measured} | {interval(g['measured_gap_ci'])} |")
+    return lines + [""]
+
+
+def model_sizes(fit: dict) -> list[str]:
+    sizes = fit.get("model_sizes") or {}
+    if not sizes.get("compared"):
+        return ["## Model size", "", f"Not compared: {sizes.get('why', 'no comparison in fit.json')}.", ""]
+    theory = sizes["theory"]
+    names = {str(s["parameters"]): s["curve"] for s in sizes["sizes"]}
+    order = lambda sizes_: " < ".join(names.get(str(s), str(s)) for s in sizes_)
+    lines = ["## Model size", "",
+             f"Sizes compared on {sizes['source']} (generation {sizes['generation']}); each order lists the "
+             "students from the smallest gap (or loss) to the largest. "
+             f"Method: {theory['method']}.", "",
+             "| p | observed gap order | predicted gap order | gaps agree | observed loss order "
+             "| predicted loss order | losses agree |",
+             "|---|---|---|---|---|---|---|"]
+    for p, entry in theory["fractions"].items():
+        agree = {True: "yes", False: "**no**", None: "–"}
+        lines.append(f"| {p} | {order(entry.get('observed_gap_order', []))} | "
+                     f"{order(entry.get('predicted_gap_order', []))} | "
+                     f"{agree[entry.get('gap_order_agrees')]} | {order(entry['observed_loss_order'])} | "
+                     f"{order(entry['predicted_loss_order'])} | {agree[entry['loss_order_agrees']]} |")
+    return lines + ["", f"Caveat: {theory['caveat']}.", ""]
+
+
+def generations(fit: dict) -> list[str]:
+    block = fit.get("generations") or {}
+    trends = block.get("trends") or []
+    if not trends:
+        return []
+    lines = ["## Generations", "",
+             f"Teacher generation mode: {block.get('generate_mode') or 'not given'}. Model Collapse Demystified "
+             "predicts linear growth of the test error with the generation index under `replace`; the slope is "
+             "least squares over every row (95% t-interval), R² that of the line through the per-generation means.", "",
+             "| student | mix | p | n | generations | mean loss per generation | slope | 95% interval | R² | finding |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in trends:
+        finding = t["finding"]
+        verdict = _mark(finding["holds"]) + (f": {finding['why']}" if finding.get("why") else f": {finding.get('what', '')}")
+        lines.append(f"| {t['student']} | {t['mix_mode']} | {t['fraction']:g} | {t['budget']:,} | "
+                     f"{', '.join(map(str, t['generations']))} | {', '.join(f'{m:.4f}' for m in t['mean_loss'])} | "
+                     f"{t['slope']:+.4f} | {interval(t['slope_ci'])} | {num(t['r2'], '.3f')} | {verdict} |")
+    return lines + [""]
+
+
+def tails(fit: dict) -> list[str]:
+    found = fit.get("tails") or {}
+    if not found:
+        return []
+    lines = ["## Tails", "", "| corpus | Zipf β human words | Zipf β synthetic words | top-p cutoff k (theory) | "
+             "plateau k^−(β−1) scale (theory) |", "|---|---|---|---|---|"]
+    for name, fits in sorted(found.items()):
+        cut = fits.get("predicted_cutoff") or {}
+        lines.append(f"| {name} | {num(fits.get('human', {}).get('beta'), '.3f')} | "
+                     f"{num(fits.get('synthetic', {}).get('beta'), '.3f')} | {cut.get('cutoff', cut.get('why', '–'))} | "
+                     f"{num(cut.get('plateau'), '.3g')} |")
+    return lines + ["", "Theory (A Tale of Tails): top-p sampling from a Zipf(β) law keeps about the first k ranks; "
+                    "a learner trained on the cut law stalls at the tail mass beyond k.", ""]
+
+
+def figures_section(drawn: dict[str, Path], fit: dict) -> list[str]:
+    captions = [
+        ("loss_vs_budget", "**Loss vs data.** One line per synthetic fraction p (dark = clean); dashed: the fitted "
+         "L_p(n) = E_p + A·n^(−α); dotted: the plateau E_p where it is identified; open diamonds: the held-out "
+         "prediction with its interval, beside the measurement it did not see."),
+        ("excess_vs_budget", "**Excess loss vs data** (log-log): the loss minus the exact entropy of the test text, "
+         "where a scaling law is a straight line until it flattens on a plateau."),
+        ("plateau_vs_fraction", "**Plateau vs fraction.** Plateaus with bootstrap intervals (or, where they are not "
+         "identified, the loss at the largest budget) against the linear theory fitted in its n → ∞ form (solid) "
+         "and its finite-n form (dashed)."),
+        ("gap_vs_size", "**Collapse gap vs model size.**"),
+        ("loss_vs_size", "**Loss vs model size** at the largest budget."),
+        ("loss_vs_generation", "**Loss vs teacher generation** with the fitted line."),
+    ]
+    lines = ["## Figures", ""]
+    for key, caption in captions:
+        if key in drawn:
+            lines += [caption, "", f"![{key.replace('_', ' ')}]({drawn[key]})", ""]
+    if "rank_frequency" in drawn:
+        lines += ["## Synthetic text", "",
+                  "Rank-frequency of words, human vs synthetic (A Tale of Tails: sampling cuts the tail).", "",
+                  f"![rank frequency]({drawn['rank_frequency']})", ""]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def diagnostics_table(diagnostics: dict) -> list[str]:
+    keys = ["zipf_word", "zipf_token", "human_test_type_coverage", "distinct_1", "distinct_2", "distinct_3",
+            "mean_document_tokens", "tail_mass", "teacher_test_ppl"]
+    lines = ["| corpus | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, diag in sorted(diagnostics.items()):
+        for side in ("human", "synthetic"):
+            values = diag.get(side) or {}
+            lines.append(f"| {name} {side} | " + " | ".join(_cell(values.get(k)) for k in keys) + " |")
+    return lines + [""]
