@@ -13,6 +13,17 @@ It only works if applied before `import torch` (torch binds the symbol when it i
 `enable_fast_mkl_on_amd()` is meant for the first lines of an entry point; it also puts the library in
 LD_PRELOAD so child processes (accelerate workers) get it. Opt out with COLLAPSE_FAST_MKL=0. A no-op on
 non-AMD CPUs, without a C compiler, or once torch is imported.
+
+Reproducibility (issue 13, finding 15): a generate shard regenerated in a process with another history
+(one that had trained first) differed from the uninterrupted run in a few documents. Two things made
+the processes differ and are made equal here, for every process, at start-up (`start_up`):
+  - MKL picks kernels and blocking per call and may round differently depending on the alignment of
+    the buffers it gets; it only promises run-to-run identical results in conditional numerical
+    reproducibility mode. `reproducible_mkl()` sets MKL_CBWR=AUTO,STRICT (the fastest code path for the
+    CPU, made deterministic) unless the user set MKL_CBWR; the environment carries it to child processes.
+  - The glibc allocator tuning that training applied (`tune_cpu_allocator`) changed where large buffers
+    come from (heap or mmap, hence their alignment) in training processes only. It now applies to every
+    process; forked workers inherit it, and every process started through the CLI applies it again.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +39,10 @@ import tempfile
 from pathlib import Path
 
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+CBWR = "AUTO,STRICT"  # MKL's conditional numerical reproducibility: best code path for this CPU, deterministic
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+MMAP_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = (1 << 31) - 1
 LIBRARY_STEM = "mkl_features_dispatch"
 ACTIVE_ENV = "COLLAPSE_MKL_BY_FEATURES"  # set to 1 once the shim is loaded; inherited by worker processes
 
@@ -94,3 +110,38 @@ def enable_fast_mkl_on_amd() -> str:
     if str(path) not in preload.split(":"):
         os.environ["LD_PRELOAD"] = f"{path}:{preload}" if preload else str(path)
     return "active"
+
+
+def reproducible_mkl() -> str:
+    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, when it loads)."""
+    if os.environ.get("MKL_CBWR"):
+        return f"MKL_CBWR={os.environ['MKL_CBWR']} (set by the user)"
+    os.environ["MKL_CBWR"] = CBWR  # inherited by every child process
+    if "torch" in sys.modules:
+        return f"MKL_CBWR={CBWR} for child processes only: torch was imported first"
+    return f"MKL_CBWR={CBWR}"
+
+
+def tune_cpu_allocator() -> str:
+    """Keep freed memory in the process (glibc): no mmap/munmap + page faults per training step.
+
+    A CPU training step allocates and frees the same (tokens x vocab) buffers every step; glibc serves
+    them with fresh mmaps whose pages are faulted in and zeroed each time, which costs about as much
+    as the log-softmax itself. Raising the mmap and trim thresholds reuses the heap instead (the
+    process keeps its peak footprint, which a training step reaches anyway). Applied to every process
+    at start-up, not only to those that train, so that all of them place buffers alike (see above).
+    Idempotent; a no-op off glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "not applied: not glibc"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "not applied: libc.so.6 not found"
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return "applied" if ok else "refused by mallopt"
+
+
+def start_up() -> dict[str, str]:
+    """Everything an entry point does first, before torch is imported; what happened, for a log line."""
+    return {"fast_mkl": enable_fast_mkl_on_amd(), "mkl_cbwr": reproducible_mkl(), "allocator": tune_cpu_allocator()}
