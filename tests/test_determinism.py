@@ -28,7 +28,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB, EOS = 2048, 0

