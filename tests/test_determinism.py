@@ -119,6 +119,10 @@ def test_start_up_sets_reproducible_mkl_unless_the_user_chose_and_children_inher
     lines = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "MKL_CBWR": "COMPATIBLE"},
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert lines == ["MKL_CBWR=COMPATIBLE (set by the user)", "COMPATIBLE"]
+    code = code.replace('os.environ["MKL_CBWR"]', 'os.environ.get("MKL_CBWR", "unset")')
+    lines = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "COLLAPSE_MKL_CBWR": "0"},
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines == ["MKL default mode (COLLAPSE_MKL_CBWR=0)", "unset"]  # the numerics of earlier releases
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ the processes differ and are made equal here, for every process, at start-up (`s
   - MKL picks kernels and blocking per call and may round differently depending on the alignment of
     the buffers it gets; it only promises run-to-run identical results in conditional numerical
     reproducibility mode. `reproducible_mkl()` sets MKL_CBWR=AUTO,STRICT (the fastest code path for the
-    CPU, made deterministic) unless the user set MKL_CBWR; the environment carries it to child processes.
+    CPU, made deterministic) unless the user set MKL_CBWR or COLLAPSE_MKL_CBWR=0; the environment
+    carries it to child processes.
   - The glibc allocator tuning that training applied (`tune_cpu_allocator`) changed where large buffers
     come from (heap or mmap, hence their alignment) in training processes only. It now applies to every
     process; forked workers inherit it, and every process started through the CLI applies it again.
@@ -113,7 +114,13 @@ def enable_fast_mkl_on_amd() -> str:
 
 
 def reproducible_mkl() -> str:
-    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, when it loads)."""
+    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, when it loads).
+
+    COLLAPSE_MKL_CBWR=0 leaves MKL in its default mode: the numerics of releases before this setting
+    (rounding differs at the 1e-7 level, which a few hundred optimizer steps amplify to ~1e-3 in loss).
+    """
+    if os.environ.get("COLLAPSE_MKL_CBWR", "1") == "0":
+        return "MKL default mode (COLLAPSE_MKL_CBWR=0)"
     if os.environ.get("MKL_CBWR"):
         return f"MKL_CBWR={os.environ['MKL_CBWR']} (set by the user)"
     os.environ["MKL_CBWR"] = CBWR  # inherited by every child process
