@@ -1,5 +1,6 @@
 """Bad input and exit codes: what the CLI, the executor, the training loop and the sbatch templates agree on."""
 
+import errno
 from enum import IntEnum
 
 
@@ -16,3 +17,16 @@ class ExitCode(IntEnum):
     NOT_DONE = 3  # `collapse stage`: the unit was locked by another live process / is still running elsewhere
     REQUEUE = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; rerun (requeue) to resume
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+# Disk conditions a user fixes (not bugs, not a unit's failure): the sweep stops and the CLI prints one
+# line with the fix and exits 2, like bad input, wherever the OSError is raised (a unit included).
+DISK_ERRORS = {errno.EROFS: "the run directory must be writable (runs_dir: to write elsewhere)",
+               errno.EACCES: "the run directory must be writable (runs_dir: to write elsewhere)",
+               errno.ENOSPC: "free disk space and re-run the same command: it continues where it stopped",
+               errno.EDQUOT: "free quota and re-run the same command: it continues where it stopped"}
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """An OSError the user fixes on the disk (read-only, no permission, full, over quota)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRORS

@@ -6,6 +6,7 @@ a control character: one would start a command where sbatch expects options.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -63,8 +64,24 @@ class SlurmConfig(SlurmResources):
         return SlurmResources.model_validate({**base, **self.stages.get(stage, {})})
 
 
+# Control characters (C0 with \n, \r, \t, ESC; DEL; C1 with NEL) and the Unicode line and paragraph
+# separators: anything that may end or garble a line of a shell script.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def control_character(text: str) -> str | None:
+    """The first character of `text` that has no place in one line of a script, else None.
+
+    The one definition of what a Slurm value may not hold: the config refuses it here (`collapse plan`,
+    `run`, `submit`) and the sbatch renderer (pipeline/orchestration/launchers/slurm_templates.py)
+    refuses it again for values that never went through a config.
+    """
+    return next((char for char in text if unicodedata.category(char) in _CONTROL_CATEGORIES), None)
+
+
 def _no_control_characters(value: Any) -> Any:
     """Slurm values reach #SBATCH lines of a shell script: a newline would start a command there."""
-    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{value!r} contains a newline or control character; give one line of plain text")
+    if isinstance(value, str) and (bad := control_character(value)) is not None:
+        raise ValueError(f"{value!r} contains a newline or control character ({bad!r}); "
+                         "give one line of plain text")
     return value

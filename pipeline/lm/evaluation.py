@@ -98,14 +98,14 @@ def window_logits(model, inputs: torch.Tensor) -> torch.Tensor:
 def summed_nll(model, windows: Windows, batch_size: int, device: torch.device, precision: str = "fp32",
                progress: bool = False, desc: str = "eval") -> tuple[float, int]:
     """(sum of NLL in nats over every target, number of targets) of `windows` under `model`."""
-    from tqdm.auto import tqdm
+    from pipeline.lm.progress import progress_bar
 
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     starts = range(0, len(windows.inputs), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
+    for start in progress_bar(starts, show=progress, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         inputs = windows.inputs[start:start + batch_size].to(device, non_blocking=True)
         targets = windows.targets[start:start + batch_size].to(device, non_blocking=True)
         with autocast_context(device, precision):

@@ -294,8 +294,9 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
     (e.g. accelerate.utils.gather_object) collects every process's chunk in rank order, so all
     processes accept the same documents in sequence order and return the same result.
     """
-    from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
+
+    from pipeline.lm.progress import progress_bar
 
     device = next(model.parameters()).device
     generation_config = settings.generation_config(eos_id, pad_id)
@@ -306,7 +307,7 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
             batch_size = min(gather([batch_size]))
     sequence_keys = np.uint64(derive_seed(seed, 0x53455153))
     result = SampleResult(batch_size=batch_size)
-    bar = tqdm(total=target_tokens, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=target_tokens, show=progress, desc=desc, unit="tok", dynamic_ncols=True, leave=False)
     # No checkpoint default (a generation_config.json with top_k=50, min_p, ...) may leak in; restored after.
     original_config, model.generation_config = model.generation_config, generation_config
     started = time.perf_counter()

@@ -14,7 +14,7 @@ Bad input of any kind prints one line `collapse: error: ...` and exits 2 before 
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import logging
 import os
 import shutil
@@ -24,14 +24,9 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import STAGES, Config, default_config_path, load_config
-from pipeline.errors import ExitCode, UserError
+from pipeline.errors import DISK_ERRORS, ExitCode, UserError, is_disk_error
 
 log = logging.getLogger("collapse")
-# Disk conditions a user fixes (not bugs): one line and exit 2, like bad input.
-_DISK_ERRORS = {errno.EROFS: "the run directory must be writable (runs_dir: to write elsewhere)",
-                errno.EACCES: "the run directory must be writable (runs_dir: to write elsewhere)",
-                errno.ENOSPC: "free disk space and re-run the same command: it continues where it stopped",
-                errno.EDQUOT: "free quota and re-run the same command: it continues where it stopped"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collapse: error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
+        if not is_disk_error(exc):
             raise
-        print(f"collapse: error: {exc.filename or 'runs dir'}: {exc.strerror}; {_DISK_ERRORS[exc.errno]}",
+        print(f"collapse: error: {exc.filename or 'runs dir'}: {exc.strerror}; {DISK_ERRORS[exc.errno]}",
               file=sys.stderr)
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
@@ -132,17 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not force and all(executor.state(u) == "done" for u in units):  # nothing to do: write nothing
         log.info("run %s: all %d units done", cfg.run_dir, len(units))
         return _summarize_outcomes(cfg, [UnitOutcome(u, "done") for u in units])
-    new_run = not cfg.run_dir.exists()
-    try:
+    with _bad_input_removes_a_new_run(cfg.run_dir):
         resolved = save_resolved_config(cfg)
         _add_run_log(cfg.run_dir)
         log.info("run %s: %d units in stages %s", cfg.run_dir, len(units), ",".join(selected))
         outcomes = run_units(executor, units, get_launcher(cfg, resolved), progress=not args.no_progress)
-    except UserError:
-        if new_run:  # bad input found while running: a run that did not exist before leaves nothing
-            _close_run_log()
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)
-        raise
     return _summarize_outcomes(cfg, outcomes)
 
 
@@ -186,7 +175,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{len(units)} units checked, {len(damaged)} damaged" + (f": {', '.join(sorted(damaged))}" if damaged else ""))
     if not damaged or not args.repair:
         return ExitCode.FAILED if damaged else ExitCode.OK
-    redo = [u for u in units if u.key in executor.redo]
+    # Repair redoes what was finished: a damaged unit and the finished units that read it. Units
+    # downstream that never ran (a run cut short with --stages) stay for `collapse run` to start.
+    redo = [u for u in units if u.key in damaged or (u.key in executor.redo and executor.state(u) == "done")]
     _add_run_log(cfg.run_dir)
     outcomes = run_units(executor, redo, get_launcher(cfg, cfg.run_dir / "config.yaml"), progress=True)
     return _summarize_outcomes(cfg, outcomes)
@@ -203,9 +194,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     executor.force = frozenset([args.stage]) if args.force else frozenset()
     _quiet_library_progress(disable_ours=not sys.stderr.isatty())  # batch logs: no bars, the log lines carry progress
     dist = Processes.from_env()
-    if dist.is_main:
-        _add_run_log(cfg.run_dir)
-    outcome = executor.execute(executor.planned.get(key), dist)
+    with _bad_input_removes_a_new_run(cfg.run_dir, dist.is_main):
+        if dist.is_main:
+            _add_run_log(cfg.run_dir)
+        outcome = executor.execute(executor.planned.get(key), dist)
     if dist.is_main:
         log.info("%s: %s%s", key, outcome.status, f" in {outcome.seconds:.1f}s" if outcome.seconds else "")
     if outcome.status in ("done", "ran"):
@@ -219,8 +211,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     cfg, executor = _load(args)
     selected = stages or list(cfg.stages)
-    resolved = save_resolved_config(cfg)
-    return SlurmLauncher().submit(cfg, executor, selected, resolved, dry_run=args.dry_run)
+    # Saved only once every script rendered (and sbatch was found): a refused submit writes nothing.
+    return SlurmLauncher().submit(cfg, executor, selected, resolved_config_path(cfg),
+                                  save_config=lambda: save_resolved_config(cfg), dry_run=args.dry_run)
 
 
 # ---------------------------------------------------------------- helpers
@@ -248,11 +241,15 @@ def _stage_list(text: str, flag: str) -> list[str]:
     return names
 
 
+def resolved_config_path(cfg: Config) -> Path:
+    return cfg.run_dir / "config.yaml"
+
+
 def save_resolved_config(cfg: Config) -> Path:
     """The validated config, as one file, in the run dir: what workers and `collapse status` read."""
     from pipeline.io import write_text_atomic
 
-    path = cfg.run_dir / "config.yaml"
+    path = resolved_config_path(cfg)
     text = "# resolved config of this run (base: chains and --set applied)\n" + yaml.safe_dump(
         cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
     if not path.is_file() or path.read_text() != text:
@@ -260,15 +257,31 @@ def save_resolved_config(cfg: Config) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _bad_input_removes_a_new_run(run_dir: Path, enabled: bool = True):
+    """Bad input found while running: a run that did not exist before leaves nothing (its log included).
+
+    Disk errors keep the run: what finished before the disk filled is kept, and a re-run continues.
+    """
+    new_run = enabled and not run_dir.exists()
+    try:
+        yield
+    except UserError:
+        if new_run:
+            _close_run_log()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def _quiet_library_progress(disable_ours: bool) -> None:
     """Library bars (weights loading, dataset maps) are noise next to ours; --no-progress silences all."""
+    if disable_ours:  # tqdm >= 4.66 reads TQDM_* defaults once, at import: before datasets imports it
+        os.environ["TQDM_DISABLE"] = "1"
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    if disable_ours:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads defaults from TQDM_* variables
 
 
 def _setup_console_logging(verbose: bool) -> None:

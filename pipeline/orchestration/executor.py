@@ -19,7 +19,7 @@ from types import ModuleType
 
 from pipeline.config import Config
 from pipeline.distributed import Processes
-from pipeline.errors import ExitCode, UserError
+from pipeline.errors import ExitCode, UserError, is_disk_error
 from pipeline.io import list_files, replace_dir, write_json_atomic
 from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions
 
@@ -64,11 +64,18 @@ class Executor:
             return "failed"
         return "pending"
 
-    def check_inputs(self, unit: Unit) -> None:
+    def missing_input(self, unit: Unit) -> str | None:
+        """The bad-input line for the first input of `unit` that is not done, else None."""
         for key in unit.inputs:
             upstream = self.planned.get(key)
             if not self.run_dir.is_done(upstream, self.planned.fingerprints[key]):
-                raise UserError(f"unit {unit.key} needs {key}, which is not done; run stage {upstream.stage} first")
+                return f"unit {unit.key} needs {key}, which is not done; run stage {upstream.stage} first"
+        return None
+
+    def check_inputs(self, unit: Unit) -> None:
+        problem = self.missing_input(unit)
+        if problem:
+            raise UserError(problem)
 
     def execute(self, unit: Unit, dist: Processes | None = None) -> UnitOutcome:
         """Run one unit unless done or locked. Under accelerate, every process calls this."""
@@ -76,18 +83,22 @@ class Executor:
         rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
         forced = self.must_run(unit)
         with contextlib.ExitStack() as stack:
-            verdict = "go"
+            verdict, problem = "go", None
             if dist.is_main:
                 if rd.is_done(unit, fp) and not forced:
                     verdict = "done"
+                elif problem := self.missing_input(unit):  # bad input: found before the lock file is created
+                    verdict = "bad input"
                 elif not stack.enter_context(unit_lock(rd.lock(unit))):
                     verdict = "locked"
                 elif rd.is_done(unit, fp) and not forced:  # finished by someone while we waited
                     verdict = "done"
-            verdict = dist.broadcast(verdict)
+            verdict, problem = dist.broadcast((verdict, problem))
+            if problem:  # every process raises, none waits at a barrier for the main one
+                raise UserError(problem)
             if verdict != "go":
                 return UnitOutcome(unit, verdict)
-            self.check_inputs(unit)
+            self.check_inputs(unit)  # an input redone (moved aside) while we took the lock
             return self._run_locked(unit, fp, dist)
         raise AssertionError("unreachable")
 
@@ -112,6 +123,10 @@ class Executor:
                 unit_log.info("interrupted (%s); re-running the unit resumes it", _interruption_name(exc))
             elif isinstance(exc, UserError) and dist.is_main:  # bad input: leave nothing behind
                 _discard_attempt(rd, unit, work, None if log_existed else rd.log_file(unit))
+            elif is_disk_error(exc) and dist.is_main:  # the disk, not the unit, failed: no failure record
+                # a resumable unit keeps its checkpoints so that a re-run continues; others free the space
+                if not unit.resumable:
+                    _discard_attempt(rd, unit, work, None)
             elif dist.is_main:
                 _record_failure(rd, unit, fp, exc)
             raise

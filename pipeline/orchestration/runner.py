@@ -223,10 +223,13 @@ class RunDir:
         return f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
 
     def is_running(self, unit: Unit) -> bool:
-        path = self.lock(unit)
-        if not path.exists():
+        """Whether a live process holds the unit's lock. A probe opens it read-only (flock needs no write
+        access), so that `collapse status` works on a read-only run dir and never creates a lock file."""
+        try:
+            handle = open(self.lock(unit), "rb")
+        except FileNotFoundError:  # never locked (or its run dir is gone)
             return False
-        with open(path, "a+") as handle:
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

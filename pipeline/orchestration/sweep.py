@@ -4,7 +4,8 @@ Done units are skipped (their manifest's fingerprint matches and their files hav
 A damaged unit (a file missing or of another size) is redone, and so is everything that read it. A
 unit locked by another live process (a second terminal, a Slurm task) is waited for, then skipped if
 that process finished it, so overlapping runs cooperate and whichever finishes last completes fit and
-report. A failed unit blocks its dependents and the sweep goes on; bad input (UserError) stops it.
+report. A failed unit blocks its dependents and the sweep goes on; bad input (UserError) and a full,
+read-only or over-quota disk (pipeline.errors.DISK_ERRORS) stop it.
 Before each unit runs, every stage's optional `preflight(units, done_inputs) -> bool` checks what can
 be known from the inputs done so far (mix: budgets against the prepared corpus, right after prepare),
 so hours of teacher training and sampling are not spent before a bad value is found.
@@ -16,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, is_disk_error
 from pipeline.orchestration.executor import Executor, UnitOutcome
 from pipeline.orchestration.runner import Unit
 
@@ -75,15 +76,15 @@ def preflight(executor: Executor, stage: str, checked: set[str]) -> None:
 
 def run_units(executor: Executor, units: list[Unit], launcher: Any, progress: bool = True) -> list[UnitOutcome]:
     """Run `units` (plan order) through `launcher`; see the module docstring for what is skipped."""
-    from tqdm.auto import tqdm
+    from pipeline.lm.progress import progress_bar
 
     mark_damaged(executor, units)
     pending = [u for u in units if executor.state(u) != "done" or executor.must_run(u)]
     outcomes = [UnitOutcome(u, "done") for u in units if u not in pending]
     blocked: set[str] = set()
     checked: set[str] = set()
-    bar = tqdm(total=len(pending), desc="units", unit="unit", disable=not progress or not pending,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(pending), show=progress and bool(pending), desc="units", unit="unit",
+                       dynamic_ncols=True)
     try:
         for unit in pending:
             bar.set_postfix_str(unit.key)
@@ -110,6 +111,10 @@ def _run_one(executor: Executor, unit: Unit, launcher: Any, blocked: set[str], c
     except UserError:
         raise
     except Exception as exc:  # recorded in .collapse/failed by execute(); the sweep goes on
+        if is_disk_error(exc):  # a full or read-only disk fails every unit after it: stop, the CLI says how
+            if exc.filename is None:  # a failed write() names no file: name the run dir the unit wrote to
+                raise OSError(exc.errno, exc.strerror, str(executor.run_dir.root)) from exc
+            raise
         outcome = UnitOutcome(unit, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         log.error("unit %s failed: %s (log: %s)", unit.key, outcome.error, executor.run_dir.log_file(unit))
     return outcome

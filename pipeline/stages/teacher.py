@@ -197,5 +197,5 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
         capped = False
     result = evaluate_stream(model, ids, window=block_size, eos_id=tokenizer.eos_token_id,
                              byte_lengths=token_byte_lengths(tokenizer), batch_size=ctx.settings["eval_batch_size"],
-                             device=device, progress=True, desc=f"teacher {ctx.unit.id} test")
+                             device=device, progress=ctx.is_main_process, desc=f"teacher {ctx.unit.id} test")
     return {**{k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}, "capped": capped}

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import STAGES, Config
 from pipeline.errors import UserError
@@ -165,8 +165,14 @@ def queued_units(cfg: Config) -> dict[str, str]:
 
 
 def submit(cfg: Config, executor: Executor, selected_stages: list[str], resolved_config_path: Path,
-           dry_run: bool = False, entry: list[str] | None = None) -> int:
-    """Render and submit (or with dry_run only render) the arrays of the pending units. Returns 0."""
+           dry_run: bool = False, entry: list[str] | None = None,
+           save_config: Callable[[], Any] | None = None) -> int:
+    """Render and submit (or with dry_run only render) the arrays of the pending units. Returns 0.
+
+    Everything that can refuse (sbatch missing, an input neither done nor queued, a value the renderer
+    refuses) comes before the first write: `save_config()` (writes the resolved config the scripts
+    name), then the scripts.
+    """
     if not dry_run and shutil.which("sbatch") is None:
         raise UserError("sbatch not found: run `collapse submit` on a Slurm login node (or add --dry-run)")
     queued = queued_units(cfg)
@@ -177,7 +183,10 @@ def submit(cfg: Config, executor: Executor, selected_stages: list[str], resolved
         return 0
     arrays = plan_arrays(todo, queued, _max_array_size(cfg))
     directory = _submission_dir(cfg, dry_run)
-    _render(cfg, arrays, directory, Path(resolved_config_path).resolve(), entry or ENTRY)
+    scripts = _render(cfg, arrays, directory, Path(resolved_config_path).resolve(), entry or ENTRY)
+    if save_config is not None:
+        save_config()
+    _write_scripts(cfg, arrays, scripts, directory)
     if dry_run:
         _print_dry_run(cfg, arrays, directory, len(queued))
         return 0
@@ -192,16 +201,21 @@ def _max_array_size(cfg: Config) -> int:
 def _submission_dir(cfg: Config, dry_run: bool) -> Path:
     root = (cfg.run_dir / "slurm").resolve()
     if dry_run:
-        return root / "dry-run"  # emptied by _render once every script rendered
+        return root / "dry-run"  # emptied by _write_scripts once every script rendered
     numbers = [int(p.name.split("-")[1]) for p in root.glob("submit-[0-9]*") if p.name.split("-")[1].isdigit()]
     return root / f"submit-{max(numbers, default=0) + 1:03d}"
 
 
-def _render(cfg: Config, arrays: list[ArrayJob], directory: Path, config: Path, entry: list[str]) -> None:
-    """Render every script first (bad slurm values are refused before anything is written), then write them."""
+def task_logs(cfg: Config) -> Path:
+    """Where array tasks write their logs (sbatch --output)."""
+    return cfg.run_dir.resolve() / "logs" / "slurm"
+
+
+def _render(cfg: Config, arrays: list[ArrayJob], directory: Path, config: Path, entry: list[str]) -> list[str]:
+    """Every array's script, in memory: bad slurm values are refused before anything is written."""
     submit_dir = Path.cwd().resolve()
     run_dir = cfg.run_dir.resolve()
-    logs = run_dir / "logs" / "slurm"
+    logs = task_logs(cfg)
     scripts = []
     for array in arrays:
         resources = cfg.slurm.for_stage(array.stage)
@@ -213,7 +227,12 @@ def _render(cfg: Config, arrays: list[ArrayJob], directory: Path, config: Path, 
         scripts.append(render_script(
             shape, options=options, slurm=cfg.slurm, python=sys.executable, entry=entry, stage=array.stage,
             run_dir=run_dir, config=config, units_file=units_file))
-    logs.mkdir(parents=True, exist_ok=True)  # Slurm does not create the directory of --output
+    return scripts
+
+
+def _write_scripts(cfg: Config, arrays: list[ArrayJob], scripts: list[str], directory: Path) -> None:
+    """The rendered scripts and their units files into `directory`; the directory of the task logs."""
+    task_logs(cfg).mkdir(parents=True, exist_ok=True)  # Slurm does not create the directory of --output
     for old in directory.glob("*"):  # only the dry-run directory is ever reused
         old.unlink()
     directory.mkdir(parents=True, exist_ok=True)
@@ -245,7 +264,7 @@ def _sbatch_all(cfg: Config, arrays: list[ArrayJob], directory: Path) -> None:
         record["arrays"].append({
             "name": array.name, "stage": array.stage, "job_id": array.job_id, "units": [u.id for u in array.units],
             "dependency": dependency, "script": str(array.script),
-            "log": str(cfg.run_dir.resolve() / "logs" / "slurm" / f"{array.name}.%A_%a.out"),
+            "log": str(task_logs(cfg) / f"{array.name}.%A_%a.out"),
         })
         write_json_atomic(jobs_file(cfg), jobs)
         print(f"  {array.name:<22} {_count(array.units, 'unit'):>11}  job {array.job_id}"
@@ -317,8 +336,9 @@ class SlurmLauncher:
     """The launcher contract on Slurm: units are submitted as job arrays (`collapse submit`), so
     `launch` is a whole-plan `submit`; `unit_states` reads what Slurm says of each submitted unit."""
 
-    def submit(self, cfg: Config, executor: Executor, stages: list[str], resolved: Path, dry_run: bool = False) -> int:
-        return submit(cfg, executor, stages, resolved, dry_run=dry_run)
+    def submit(self, cfg: Config, executor: Executor, stages: list[str], resolved: Path, dry_run: bool = False,
+               save_config: Callable[[], Any] | None = None) -> int:
+        return submit(cfg, executor, stages, resolved, dry_run=dry_run, save_config=save_config)
 
     def unit_states(self, cfg: Config, executor: Executor) -> dict[str, str]:
         return unit_states(cfg, executor)

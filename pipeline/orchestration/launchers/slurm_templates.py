@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pipeline
+from pipeline.config.slurm import control_character
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: rendering reads attributes, so checks can run on any config object
@@ -23,7 +24,6 @@ TEMPLATES = {"unit": "unit.sbatch", "accelerate": "accelerate.sbatch"}
 PLACEHOLDERS = ("sbatch_options", "setup", "python", "entry", "stage", "run_dir", "config", "units_file",
                 "requeue", "lock_poll_seconds", "device_env", "processes_per_node", "accelerate_config")
 _PLACEHOLDER = re.compile(r"(?<![$\\])\{(" + "|".join(PLACEHOLDERS) + r")\}")
-_CONTROL = {"Cc", "Zl", "Zp"}  # control characters (\\n, \\r, \\t, ESC, NEL ...) and Unicode line/paragraph separators
 LOCK_POLL_SECONDS = 60  # how often a task whose unit is locked by another process asks again
 
 
@@ -49,9 +49,14 @@ def task_shape(multiprocess: bool, resources: SlurmResources) -> TaskShape:
     return TaskShape("accelerate", processes_per_node=resources.gpus_per_node)
 
 
+def checkout_templates() -> Path:
+    """slurm/ of the checkout: beside the `pipeline` package, wherever inside it this module lives."""
+    return Path(pipeline.__file__).resolve().parent.parent / "slurm"
+
+
 def template_path(kind: str, search_dir: Path | None = None) -> Path:
     name = TEMPLATES[kind]
-    candidates = [(search_dir or Path.cwd()) / "slurm" / name, Path(__file__).resolve().parents[2] / "slurm" / name]
+    candidates = [(search_dir or Path.cwd()) / "slurm" / name, checkout_templates() / name]
     for path in candidates:
         if path.is_file():
             return path
@@ -73,7 +78,7 @@ def one_line(key: str, value: str) -> str:
     value would end its `#SBATCH` line and put the rest of the value into the script as a command, and
     sbatch stops reading options at the first command, silently dropping the ones after it.
     """
-    bad = next((char for char in str(value) if unicodedata.category(char) in _CONTROL), None)
+    bad = control_character(str(value))
     if bad is not None:
         raise UserError(f"{key}: {str(value)!r} contains the control character {bad!r} (newline, tab or the like); "
                         "valid: one line of printable text")
