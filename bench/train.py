@@ -111,10 +111,14 @@ def run_trainer(steps: int, out: Path) -> dict:
 
 
 def worker(kind: str, steps: int, result_file: Path, threads: int | None) -> None:
-    if kind in ("ours", "trainer-fast-mkl"):
+    if kind == "ours":  # before torch is imported, as the entry point does (MKL dispatch, MKL_CBWR, allocator)
+        from pipeline.orchestration.cpu_startup import start_up
+
+        status = start_up()["fast_mkl"]
+    elif kind == "trainer-fast-mkl":
         from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd
 
-        status = enable_fast_mkl_on_amd()  # before torch is imported, as the entry point does
+        status = enable_fast_mkl_on_amd()
     else:
         status = "off"
     import torch
