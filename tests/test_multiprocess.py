@@ -12,6 +12,7 @@ of 16, or unsynchronised gradients) moves the loss by more than 1e-2, which the 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -28,12 +29,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_cpu_processes_match_one_process(tmp_path):
+def test_two_cpu_processes_match_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the in-process reference on CPU on a GPU host too
     command = [sys.executable, "-m", "accelerate.commands.launch",
                "--config_file", str(ROOT / "configs" / "accelerate" / "cpu2.yaml"),
                "--main_process_port", str(free_port()), str(ROOT / "tests" / "train_helpers.py"),
                str(tmp_path / "two")] + [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    # CPU processes even on a GPU host (the one-process reference below runs on CPU too).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"two.metrics-{rank}.json").read_text()) for rank in range(2)]
     assert len(reports) == 2 and {r["processes"] for r in reports} == {2}, "accelerate started 2 workers"

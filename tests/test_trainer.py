@@ -117,7 +117,9 @@ def test_training_learns_and_logs(tmp_path, reference):
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
 
 
-def test_keep_best_saves_the_best_validation_weights(tmp_path):
+def test_keep_best_saves_the_best_validation_weights(tmp_path, monkeypatch):
+    # Pinned to CPU (fp32) even on a GPU host: the saved weights are re-evaluated on CPU below.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     from pipeline.lm.evaluation import stream_windows, summed_nll, token_stream
     from pipeline.lm.training.loop import train_model
 

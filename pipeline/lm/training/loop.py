@@ -26,7 +26,7 @@ import torch
 from pipeline.errors import UserError
 from pipeline.lm.evaluation import Windows, stream_windows, summed_nll, token_stream
 from pipeline.lm.models import count_parameters, flops_per_token, merge_lora
-from pipeline.distributed import broadcast_from_main
+from pipeline.distributed import broadcast_from_main, force_cpu
 from pipeline.io import write_dir_atomic
 from pipeline.lm.training.checkpoint import Checkpoints, load_snapshot
 from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, pad_rows, total_steps
@@ -326,7 +326,7 @@ def _accelerator(precision: str, trackers: list[str], out_dir: Path):
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = "cpu" if force_cpu() else "cuda"  # a use_cpu launcher config keeps a GPU host's workers on CPU
     mixed = resolve_precision(precision, device_type)
     if device_type == "cuda" and mixed != "no":
         torch.set_float32_matmul_precision("high")  # the fp32 leftovers of a bf16 run (TF32); an fp32 run stays fp32
