@@ -158,6 +158,8 @@ BAD_CONFIGS = [
     ("set-index-out-of-range", "mix: {token_budgets: [100, 200]}\n", ["mix.token_budgets.3=5"],
      "--set mix.token_budgets.3=5: mix.token_budgets is a list of 2; valid indices: 0..1"),
     ("comments-only", "# nothing but a comment\n\n", [], "bad.yaml: the config is empty"),
+    ("generation-longer-than-context", "packing: {block_size: 64}\ngenerate: {max_new_tokens: 96}\n", [],
+     "generate.max_new_tokens: 96 new tokens after a 1-token prompt do not fit the scratch teacher's context of 64"),
     ("base-loop", "base: bad.yaml\nname: x\n", [], "bad.yaml: base chain loops back to itself"),
 ]
 

@@ -314,6 +314,7 @@ class Config(Section):
         if self.generate.generations > 1 and not self.teacher.trains:
             raise ValueError(f"teacher.model.finetune: none cannot make later generations (generate.generations is "
                              f"{self.generate.generations}): teacher g>=1 trains on synthetic text; set finetune: full or lora")
+        self._check_generation_fits_the_context()
         labels = [s.label for s in self.train.students]
         if len(set(labels)) != len(labels):
             raise ValueError(f"train.students have duplicate labels {labels}; give each a distinct name")
@@ -321,6 +322,17 @@ class Config(Section):
         if order != sorted(set(order)):
             raise ValueError(f"stages must be distinct and in pipeline order: {', '.join(STAGES)}")
         return self
+
+    def _check_generation_fits_the_context(self) -> None:
+        """A scratch teacher has packing.block_size positions; the last sampled token is never fed back."""
+        if self.teacher.pretrained:
+            return  # the checkpoint's own context, known once it is loaded
+        gen, context = self.generate, self.packing.block_size
+        prompt = 1 if gen.prompt == "bos" else gen.prompt_tokens
+        if prompt + gen.max_new_tokens - 1 > context:
+            raise ValueError(f"generate.max_new_tokens: {gen.max_new_tokens} new tokens after a {prompt}-token prompt "
+                             f"do not fit the scratch teacher's context of {context} tokens (packing.block_size); "
+                             f"use at most {context + 1 - prompt} or raise packing.block_size")
 
     @property
     def run_dir(self) -> Path:
