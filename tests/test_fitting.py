@@ -223,3 +223,17 @@ def test_other_bad_arguments_raise_value_error():
         compare_model_sizes({1: {0.0: 1.0}, 2: {0.0: 1.0}}, regime="sideways")
     with pytest.raises(ValueError, match="bootstrap"):
         fit_scaling_curves([{"synthetic_fraction": 0, "token_budget": 10, "seed": 0, "loss": 1.0}], bootstrap=-1)
+
+
+def test_excess_exponent_recovers_a_known_power_law_and_its_seed_interval():
+    from pipeline.analysis.prediction import excess_exponents
+
+    entropy, rng = 3.0, np.random.default_rng(0)
+    rows = [{"synthetic_fraction": p, "token_budget": n, "seed": s, "loss": entropy + excess,
+             "excess_loss": excess}
+            for p, exponent in ((0.0, 0.25), (1.0, 0.5)) for n in (10_000, 20_000, 40_000, 80_000)
+            for s in range(3) for excess in [5.0 * n ** -exponent * float(np.exp(rng.normal(0, 0.01)))]]
+    found = excess_exponents(rows)
+    assert found["0"]["exponent"] == pytest.approx(0.25, abs=0.02) and found["1"]["exponent"] == pytest.approx(0.5, abs=0.02)
+    assert found["0"]["ci"][0] < 0.25 < found["0"]["ci"][1] and found["0"]["budgets"] == 4
+    assert excess_exponents([{**r, "excess_loss": None} for r in rows]) == {}  # no exact entropy: nothing claimed

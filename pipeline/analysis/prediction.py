@@ -198,3 +198,28 @@ def generation_trend(rows: list[dict]) -> dict:
     r2 = 1 - float(np.sum((means - line) ** 2)) / total if len(generations) > 2 and total > 0 else None
     return {"generations": [int(g) for g in generations], "mean_loss": [float(m) for m in means],
             "slope": float(slope), "slope_ci": slope_ci, "intercept": float(intercept), "r2": r2, "rows": int(x.size)}
+
+
+def excess_exponents(rows: list[dict], draws: int = 1000, seed: int = 0) -> dict:
+    """Per p: the exponent of the excess loss, −(least-squares slope of log(L − H) on log n) over every budget.
+
+    The straight-line form of a scaling law before any plateau (A Tale of Tails gives 1 − 1/β for a Zipf(β)
+    source). ci: 95% percentile interval, each budget's seeds resampled. Needs the exact entropy (excess_loss
+    in every row), two budgets, and a positive excess everywhere.
+    """
+    cells = cell_means(rows, "excess_loss")
+    exponents = {}
+    for p in sorted({p for p, _ in cells}):
+        budgets = sorted(n for q, n in cells if q == p)
+        values = [cells[(p, n)]["values"] for n in budgets]
+        if len(budgets) < 2 or min(min(v) for v in values) <= 0:
+            continue
+        x = np.log(budgets)
+        exponent = -float(np.polyfit(x, np.log([np.mean(v) for v in values]), 1)[0])
+        rng = np.random.default_rng(seed)
+        samples = [-np.polyfit(x, np.log([rng.choice(v, len(v)).mean() for v in values]), 1)[0] for _ in range(draws)]
+        several = any(len(v) > 1 for v in values)
+        exponents[_key(p)] = {"exponent": exponent, "budgets": len(budgets),
+                              "ci": [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+                              if several else None}
+    return exponents

@@ -205,6 +205,25 @@ def generations(fit: dict) -> list[str]:
     return lines + [""]
 
 
+def excess_exponents(fit: dict) -> list[str]:
+    """The straight-line (log-log) exponent of the excess loss per curve and p, next to A Tale of Tails' 1 − 1/β."""
+    rows = [(label, p, e) for label, student in sorted(fit.get("students", {}).items())
+            for p, e in (student.get("excess", {}).get("exponents") or {}).items()]
+    if not rows:
+        return []
+    lines = ["## Excess-loss exponent", "", "−slope of log(L − H) on log n over every budget (H: the exact entropy), "
+             "95% interval with each budget's seeds resampled.", "",
+             "| curve | p | budgets | exponent | 95% interval |", "|---|---|---|---|---|"]
+    lines += [f"| {label} | {p} | {e['budgets']} | {num(e['exponent'], '.3f')} | {interval(e['ci'])} |"
+              for label, p, e in rows]
+    betas = [t["human"]["beta"] for t in (fit.get("tails") or {}).values() if t.get("human", {}).get("beta")]
+    if betas:
+        beta = betas[0]
+        lines += ["", f"A Tale of Tails: a learner of a Zipf(β) source improves as n^−(1 − 1/β); with the human words' "
+                  f"fitted β = {beta:.3f} that is an exponent of {1 - 1 / beta:.3f}."]
+    return lines + [""]
+
+
 def tails(fit: dict) -> list[str]:
     found = fit.get("tails") or {}
     if not found:

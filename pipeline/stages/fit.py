@@ -30,7 +30,7 @@ from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 
 NAME = "fit"
-VERSION = 2
+VERSION = 3
 MODES = {"replace": "grows", "accumulate": "bounded"}
 
 
@@ -100,7 +100,7 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
     if entropy is not None:
         entry["excess"] = {"entropy": entropy, "plateaus": {
             p: {"E": v["E"] - entropy, "E_ci": v["E_ci"] and [v["E_ci"][0] - entropy, v["E_ci"][1] - entropy]}
-            for p, v in curves["per_fraction"].items()}}
+            for p, v in curves["per_fraction"].items()}, "exponents": prediction.excess_exponents(rows)}
     return entry
 
 

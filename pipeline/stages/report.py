@@ -19,7 +19,7 @@ from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 
 NAME = "report"
-VERSION = 2
+VERSION = 3
 
 
 def describe(cfg) -> dict[str, Any]:
@@ -110,6 +110,7 @@ def render(description: dict, fit: dict, rows: list[dict], diagnostics: dict, dr
     lines += report_text.collapse_gap(fit)
     lines += report_text.model_sizes(fit)
     lines += report_text.generations(fit)
+    lines += report_text.excess_exponents(fit)
     lines += report_text.tails(fit)
     lines += report_text.figures_section(drawn, fit)
     if "rank_frequency" in drawn:
