@@ -143,7 +143,7 @@ def test_train_and_evaluate_stages_through_the_runner(tmp_path):
     tiny = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
     cfg = load_config(tiny, [f"runs_dir={tmp_path}", "corpus.source=builtin:reference-language",
                              "corpus.reference.documents=200", "tokenizer.vocab_size=400", "packing.block_size=32",
-                             "generate.generations=1", "mix.generations=[0]", "mix.mode=replace",
+                             "generate.max_new_tokens=32", "generate.generations=1", "mix.generations=[0]", "mix.mode=replace",
                              "mix.synthetic_fractions=[0.0,1.0]", "mix.token_budgets=[2048]",
                              "train.students=[{family: gpt2, size: nano}]", "train.seeds=[0]", "train.training.epochs=1.0",
                              "train.training.batch_size=8", "train.training.eval_every=0", "train.training.checkpoint_every=0"])
