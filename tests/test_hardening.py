@@ -853,3 +853,18 @@ def test_no_progress_prints_no_bar(tmp_path):
     assert proc.returncode == 0, proc.stderr
     bars = [ln for ln in re.split(r"[\r\n]", proc.stderr) if re.search(r"\d+%\||it/s|batch/s|tok/s|step/s", ln)]
     assert bars == [], bars[:3]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_a_disk_error_in_an_accelerate_child_comes_back_as_that_disk_error(code, tmp_path, capsys):
+    """The child prints the CLI's one line and exits 2; the parent must not take it for bad input, which would
+    delete a new run together with the units it finished."""
+    from pipeline.errors import DISK_ERRORS
+    from pipeline.orchestration.launchers.accelerate import child_error
+
+    path = tmp_path / "runs" / "demo" / "train" / "unit" / "model.safetensors"
+    line = f"{path}: {os.strerror(code)}; {DISK_ERRORS[code]}"  # what the child's CLI printed
+    exc = child_error(line)
+    assert isinstance(exc, OSError) and exc.errno == code and exc.filename == str(path)
+    bad = child_error("train.training.batch_size: 9 blocks do not split over 2 processes; use a multiple of 2")
+    assert isinstance(bad, UserError) and str(bad).startswith("train.training.batch_size: 9")

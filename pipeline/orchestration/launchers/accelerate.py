@@ -7,12 +7,13 @@ multiprocess=True (prepare, mix, fit, ...) run here in-process.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import DISK_ERRORS, UserError
 from pipeline.orchestration.executor import Executor, UnitOutcome
 from pipeline.orchestration.runner import Unit
 
@@ -39,7 +40,7 @@ class AccelerateLauncher:
             proc = subprocess.run(self.command(unit, unit.stage in executor.force), stdout=log_file,
                                   stderr=subprocess.STDOUT)
         if proc.returncode == 2:
-            raise UserError(_last_error_line(log_path) or f"unit {unit.key}: bad input (see {log_path})")
+            raise child_error(_last_error_line(log_path) or f"unit {unit.key}: bad input (see {log_path})")
         if proc.returncode != 0:
             raise RuntimeError(f"accelerate launch exited {proc.returncode}; log: {log_path}")
         status = executor.state(unit)
@@ -53,3 +54,13 @@ class AccelerateLauncher:
 def _last_error_line(path: Path) -> str | None:
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.startswith("collapse: error: ")]
     return lines[-1].removeprefix("collapse: error: ") if lines else None
+
+
+def child_error(line: str) -> Exception:
+    """What a child's exit-2 line was: a disk error comes back as the OSError it was (so the run keeps what it
+    finished, see cli._bad_input_removes_a_new_run), anything else as bad input."""
+    for code, hint in DISK_ERRORS.items():
+        reason = os.strerror(code)
+        if line.endswith(f"; {hint}") and f": {reason};" in line:
+            return OSError(code, reason, line.split(f": {reason};")[0])
+    return UserError(line)
