@@ -165,6 +165,16 @@ def test_batches_position_split_and_budget():
     assert [len(p) for p, _ in parts] == [3, 3, 2] and sum(w for _, w in parts) == pytest.approx(1.0)
     assert total_steps(training_config(epochs=1.5), 10, 32) == 15
     assert total_steps(training_config(epochs=None, tokens=1000), 10, 32) == 4  # ceil(1000 / 256)
+    # min_tokens raises a small unit's steps (here 3 epochs = 30 steps < ceil(10000 / 256) = 40), never lowers them
+    assert total_steps(training_config(epochs=3.0, min_tokens=10_000), 10, 32) == 40
+    assert total_steps(training_config(epochs=3.0, min_tokens=1_000), 10, 32) == 30
+
+
+def test_min_tokens_is_hashed_only_when_set():
+    """Added after runs existed: configs without it keep their fingerprints; set, it reruns training."""
+    unset, set_ = training_config(), training_config(min_tokens=5000)
+    assert "min_tokens" not in unset.result_fields()
+    assert set_.result_fields()["min_tokens"] == 5000
 
 
 def test_lean_cross_entropy_matches_torch():

@@ -141,6 +141,7 @@ class TrainingConfig(Section):
 
     epochs: float | None = Field(1.0, gt=0, description="Passes over the unit's data (ignored when tokens is set).")
     tokens: int | None = Field(None, gt=0, description="Train for this many tokens instead of epochs.")
+    min_tokens: int | None = Field(None, gt=0, description="Train for at least this many tokens: more epochs on a small unit's data, so that a small budget's student is limited by its data, not by too few optimizer steps (with keep_best, the best epoch is kept).")
     batch_size: int = Field(8, ge=1, description="Global batch in blocks per optimizer step (all processes).")
     micro_batch_size: int | None = Field(None, ge=1, description="Blocks per process per forward; default: batch_size / processes (accumulates the rest).")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
@@ -165,9 +166,14 @@ class TrainingConfig(Section):
     SETTINGS: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoints", "log_every", "compile",
                                                     "trackers"})
 
+    # Added after runs existed: hashed only when set, so that finished units of configs without it keep
+    # their fingerprints (unset, it changes nothing).
+    HASHED_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"min_tokens"})
+
     def result_fields(self) -> dict[str, Any]:
         """The fields that change what a trained model is (hashed into fingerprints)."""
-        return self.model_dump(mode="json", exclude=set(self.SETTINGS))
+        unset = {name for name in self.HASHED_WHEN_SET if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=set(self.SETTINGS) | unset)
 
     def settings(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include=set(self.SETTINGS))

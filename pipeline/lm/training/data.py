@@ -94,13 +94,17 @@ class BlockBatches:
 
 
 def total_steps(training, steps_per_epoch: int, block_size: int) -> int:
-    """Optimizer steps of the whole run: `tokens` if set, else `epochs` passes (fractions allowed)."""
+    """Optimizer steps of the whole run: `tokens` if set, else `epochs` passes (fractions allowed),
+    raised to `min_tokens` when that is set."""
+    tokens_per_step = training.batch_size * block_size
     if training.tokens:
-        steps = -(-training.tokens // (training.batch_size * block_size))
+        steps = -(-training.tokens // tokens_per_step)
     elif training.epochs:
         steps = int(round(training.epochs * steps_per_epoch))
     else:
         raise UserError("train: set epochs or tokens (both are empty)")
+    if training.min_tokens:
+        steps = max(steps, -(-training.min_tokens // tokens_per_step))
     return max(1, steps)
 
 
