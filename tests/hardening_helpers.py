@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import yaml
+from config_files import write_config_file
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -35,15 +35,9 @@ TEMP_PREFIX = ".tmp-"
 
 def toy_config(tmp_path: Path, name: str = "toy", **sections) -> Path:
     """A config for the toy stages: prepare -> mix (2 fractions x 2 budgets) -> train (one per mix unit)."""
-    data = {"name": name, "runs_dir": str(tmp_path / "runs"), "stages": ["prepare", "mix", "train"],
-            "mix": {"synthetic_fractions": [0.0, 0.5], "token_budgets": [100, 200]},
-            "train": {"training": {"lr": 0.01}}}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
+    defaults = {"stages": ["prepare", "mix", "train"], "train": {"training": {"lr": 0.01}},
+                "mix": {"synthetic_fractions": [0.0, 0.5], "token_budgets": [100, 200]}}
+    return write_config_file(tmp_path, name, defaults, sections)
 
 
 def tiny_args(tmp_path: Path, *sets: str) -> list[str]:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.errors import UserError
 from pipeline.orchestration.launchers import slurm_state
@@ -35,19 +34,15 @@ sys.path.insert(0, str(TOY_CLI.parent))
 import toy_pipeline
 from helpers import WAIT_S, job_ids, scontrol_job, wait_for_queue_to_drain
 
+from config_files import write_config_file
+
 # ---------------------------------------------------------------- helpers
 
 
 def write_config(tmp_path: Path, name: str = "toy", **sections) -> Path:
-    data = {"name": name, "runs_dir": str(tmp_path / "runs"),
-            "mix": {"synthetic_fractions": [0.0, 0.5, 1.0], "token_budgets": [100, 200]},
-            "slurm": {"cpus_per_task": 1, "mem": "500M", "time": "00:10:00"}}
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
+    defaults = {"mix": {"synthetic_fractions": [0.0, 0.5, 1.0], "token_budgets": [100, 200]},
+                "slurm": {"cpus_per_task": 1, "mem": "500M", "time": "00:10:00"}}
+    return write_config_file(tmp_path, name, defaults, sections)
 
 
 def toy(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
