@@ -209,9 +209,7 @@ class _Loop:
             window_steps += 1
             self.train_log.step()
             if done % training.log_every == 0 or done == steps:
-                elapsed = time.perf_counter() - window_start - paused
-                self._log_train(done, running, window_steps, elapsed)
-                state["train_seconds"] += elapsed
+                state["train_seconds"] += self._log_train(done, running, window_steps, window_start + paused)
                 running.zero_()
                 window_start, window_steps, paused = time.perf_counter(), 0, 0.0
             pause_start = time.perf_counter()
@@ -248,19 +246,24 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _log_train(self, done: int, running: torch.Tensor, window_steps: int, elapsed: float) -> None:
-        mean_loss = self.accelerator.reduce(running / window_steps, reduction="mean")
+    def _log_train(self, done: int, running: torch.Tensor, window_steps: int, timed_from: float) -> float:
+        """Record the window's train-log row; returns the window's seconds (pauses excluded)."""
+        mean_loss = float(self.accelerator.reduce(running / window_steps, reduction="mean"))
+        # Read the clock only after the loss reached the host: on CUDA the steps run asynchronously, and
+        # a clock read before that wait would miss the window's queued kernels (optimistic tokens/s).
+        elapsed = time.perf_counter() - timed_from
         tokens_per_s = window_steps * self.tokens_per_step / max(elapsed, 1e-9)
         if not self.peak_checked and mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes) > 1.0:
             # Faster than the cached "peak": it was measured under load. Once per run (outside the timing).
             self.peak = remeasure_peak(self.accelerator.device, compute_dtype(self.accelerator.mixed_precision))
             self.peak_checked = True
         row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state["tokens"],
-               "loss": float(mean_loss), "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+               "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                "mfu": mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes)}
         if self.last_grad_norm is not None:
             row["grad_norm"] = float(self.last_grad_norm)
         self.train_log.record(row)
+        return elapsed
 
     def _maybe_validate(self, done: int, steps: int) -> bool:
         """Validate when due; returns True when early stopping says stop."""
