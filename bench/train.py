@@ -1,4 +1,4 @@
-"""Benchmark: the train stage's loop against `transformers.Trainer` on the demo student.
+"""Benchmark: the train stage's loop against `transformers.Trainer` (CPU: the demo student; --device cuda: 124M).
 
 Same model and init (GPT-2 tiny: 2 layers, width 128, vocab 4096, blocks of 128 tokens, dropout 0),
 same data (Zipf-distributed token blocks), global batch 8, lr 3e-3 with warmup + cosine to 10%, AdamW
@@ -18,6 +18,23 @@ MFU is against this machine's measured float32 matmul peak with the fast kernels
 can do), for every contender. The last output line is JSON.
 
     python bench/train.py [--steps 120] [--rounds 3] [--threads N]
+
+With --device cuda (one GPU): GPT-2 124M (--model-size), vocab 50257, 1024-token blocks, global batch 32,
+bf16 autocast, lr 6e-4 (GPT-2 small's usual peak; at 3e-3 a 124M model's loss spikes and two correct loops
+part ways), 60 steps, the same data recipe and hyper-parameters otherwise. Contenders:
+
+  ours                  train_model with precision bf16 and compile on, as the train stage runs it on a GPU
+  Trainer               transformers.Trainer with bf16=True, its defaults otherwise (no torch_compile)
+  reference loop        a plain loop: torch.compile(model), fused AdamW, bf16 autocast: the loop to beat
+
+Tokens/s are steady state, on one clock for all: from the end of optimizer step W (--warmup-steps, default
+10) to the end of the last step, the GPU synchronised at both ends, so compilation and warm-up are left
+out (bench/train_contenders.py). MFU is against the measured bf16 matmul peak (pipeline/lm/training/mfu.py).
+`ratio` = ours / Trainer and `ratio_vs_reference` = ours / reference, medians over rounds of per-round
+ratios; `loss_rel_diff_vs_reference` compares the last step's losses (the worst round). Without CUDA it
+prints one line and exits 2.
+
+    python bench/train.py --device cuda [--steps 60] [--rounds 3] [--warmup-steps 10] [--model-size 124M]
 """
 
 from __future__ import annotations
@@ -38,135 +55,45 @@ import platform
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-VOCAB, BLOCK, BATCH, LR = 4096, 128, 8, 3e-3
+from bench.train_contenders import Setup, worker  # after the path fix above
+
 OURS, TRAINER, TRAINER_FAST = "ours (train_model)", "transformers.Trainer", "Trainer + MKL fix"
+REFERENCE = "reference loop"
 WORKERS = {OURS: "ours", TRAINER: "trainer", TRAINER_FAST: "trainer-fast-mkl"}
-
-
-# ---------------------------------------------------------------- worker side (one fresh process per trial)
-
-
-def blocks(steps: int):
-    import numpy as np
-    from datasets import Dataset
-
-    ids = (np.random.default_rng(0).zipf(1.2, size=(steps * BATCH, BLOCK)) - 1) % VOCAB
-    return Dataset.from_dict({"input_ids": ids.tolist()})
-
-
-def model():
-    import torch
-
-    from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
-
-    torch.manual_seed(0)
-    return build_model(ModelConfig(family="gpt2", size="tiny", dropout=0.0), VOCAB, BLOCK, 0, 0)
-
-
-def run_ours(steps: int, out: Path) -> dict:
-    from pipeline.config import TrainingConfig
-    from pipeline.lm.training.loop import train_model
-
-    training = TrainingConfig(epochs=1.0, batch_size=BATCH, lr=LR, warmup_fraction=0.05, min_lr_ratio=0.1,
-                              weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, precision="fp32",
-                              checkpoint_every=0, log_every=10, keep_best=False)
-    metrics = train_model(model(), blocks(steps), None, training, out, seed=0)
-    last = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
-    return {"tokens_per_s": metrics["tokens_per_s"], "steps": metrics["steps"], "final_loss": last["loss"],
-            "peak_flops": metrics["peak_flops_per_process"], "flops_per_token": metrics["flops_per_token"]}
-
-
-def run_trainer(steps: int, out: Path) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    class Clock(TrainerCallback):
-        """First step's start to the end of training: the same span as ours' tokens/s."""
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 0:
-                self.start = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.end = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.loss = logs["loss"]
-
-    data = blocks(steps)
-    data = data.add_column("labels", data["input_ids"]).with_format("torch")
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-                             weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, warmup_steps=0.05,
-                             lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
-                             max_grad_norm=1.0, logging_steps=10, save_strategy="no", eval_strategy="no",
-                             report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0)
-    clock = Clock()
-    result = Trainer(model=model(), args=args, train_dataset=data, callbacks=[clock]).train()
-    return {"tokens_per_s": steps * BATCH * BLOCK / (clock.end - clock.start), "steps": result.global_step,
-            "final_loss": clock.loss}
-
-
-def worker(kind: str, steps: int, result_file: Path, threads: int | None) -> None:
-    if kind == "ours":  # before torch is imported, as the entry point does (MKL dispatch, MKL_CBWR, allocator)
-        from pipeline.orchestration.cpu_startup import start_up
-
-        status = start_up()["fast_mkl"]
-    elif kind == "trainer-fast-mkl":
-        from pipeline.orchestration.cpu_startup import enable_fast_mkl_on_amd
-
-        status = enable_fast_mkl_on_amd()
-    else:
-        status = "off"
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        result = (run_ours if kind == "ours" else run_trainer)(steps, Path(tmp))
-    result.update(mkl_fix=status, threads=torch.get_num_threads())
-    result_file.write_text(json.dumps(result))
+CUDA_WORKERS = {OURS: "ours", TRAINER: "trainer", REFERENCE: "reference"}
 
 
 # ---------------------------------------------------------------- driver side
 
 
-def trial(name: str, steps: int, threads: int | None) -> dict:
+def trial(kind: str, setup: Setup, threads: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-result-") as tmp:
         result_file = Path(tmp) / "result.json"
         env = dict(os.environ)
         env.pop("LD_PRELOAD", None)  # each worker decides for itself
-        command = [sys.executable, __file__, "--worker", WORKERS[name], "--steps", str(steps), "--result", str(result_file)]
+        command = [sys.executable, __file__, "--worker", kind, "--setup", setup.to_json(), "--result", str(result_file)]
         proc = subprocess.run(command + (["--threads", str(threads)] if threads else []), env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
         return json.loads(result_file.read_text())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in every contender (default: torch's, one per core); 1 is far less "
-                             "sensitive to other processes on a shared machine")
-    parser.add_argument("--worker", choices=sorted(WORKERS.values()), help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.steps, args.result, args.threads)
-        return 0
+def interleaved(workers: dict[str, str], setup: Setup, rounds: int, threads: int | None, rate: str) -> dict:
+    """{contender: [result per round]}, every contender once per round (load hits all alike)."""
+    results: dict[str, list[dict]] = {name: [] for name in workers}
+    for round_index in range(rounds):
+        for name, kind in workers.items():
+            results[name].append(trial(kind, setup, threads))
+            print(f"round {round_index + 1}/{rounds} {name}: {results[name][-1][rate]:.0f} tokens/s", file=sys.stderr)
+    return results
 
-    results: dict[str, list[dict]] = {name: [] for name in WORKERS}
-    for round_index in range(args.rounds):
-        for name in WORKERS:
-            results[name].append(trial(name, args.steps, args.threads))
-            print(f"round {round_index + 1}/{args.rounds} {name}: {results[name][-1]['tokens_per_s']:.0f} tokens/s",
-                  file=sys.stderr)
+
+def cpu_report(args) -> int:
+    setup = Setup(steps=args.steps or 120)
+    results = interleaved(WORKERS, setup, args.rounds, args.threads, "tokens_per_s")
     tps = {name: [r["tokens_per_s"] for r in runs] for name, runs in results.items()}
     ratio = statistics.median(o / t for o, t in zip(tps[OURS], tps[TRAINER]))
     ratio_same_blas = statistics.median(o / t for o, t in zip(tps[OURS], tps[TRAINER_FAST]))
@@ -174,7 +101,7 @@ def main() -> int:
     peak, per_token = reference["peak_flops"], reference["flops_per_token"]
     mfu = {name: max(values) * per_token / peak for name, values in tps.items()}
 
-    print(f"model: GPT-2 tiny (2 x 128, vocab {VOCAB}), {BLOCK}-token blocks, batch {BATCH}, {args.steps} steps, fp32; "
+    print(f"model: GPT-2 tiny (2 x 128, vocab {setup.vocab}), {setup.block}-token blocks, batch {setup.batch}, {setup.steps} steps, fp32; "
           f"{args.rounds} interleaved rounds; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"torch threads {reference['threads']}, load {os.getloadavg()[0]:.2f}; MKL fix: {reference['mkl_fix']}")
     print(f"peak (measured fp32 matmul): {peak / 1e9:.1f} GFLOP/s; model: {per_token / 1e6:.2f} MFLOP per token")
@@ -185,8 +112,8 @@ def main() -> int:
         print(f"{name:<24}{max(tps[name]):>12.0f}{statistics.median(tps[name]):>14.0f}{mfu[name]:>8.3f}"
               f"{loss:>12.3f}{ratio_here:>11.2f}")
     print(json.dumps({
-        "bench": "train", "model": "gpt2-tiny", "vocab": VOCAB, "block_size": BLOCK, "batch_size": BATCH,
-        "steps": args.steps, "rounds": args.rounds,
+        "bench": "train", "model": "gpt2-tiny", "vocab": setup.vocab, "block_size": setup.block, "batch_size": setup.batch,
+        "steps": setup.steps, "rounds": args.rounds,
         "ours_tokens_per_s": round(max(tps[OURS]), 1), "trainer_tokens_per_s": round(max(tps[TRAINER]), 1),
         "trainer_fast_mkl_tokens_per_s": round(max(tps[TRAINER_FAST]), 1),
         "ratio": round(ratio, 3), "ratio_same_blas": round(ratio_same_blas, 3),
@@ -196,6 +123,82 @@ def main() -> int:
         "python": platform.python_version(),
     }))
     return 0
+
+
+def cuda_setup(args) -> Setup:
+    steps = args.steps or 60
+    return Setup(device="cuda", size=args.model_size or "124M", vocab=50257, block=1024, batch=32, steps=steps,
+                 lr=6e-4, precision="bf16", compile="on", warmup=args.warmup_steps, log_every=max(1, steps - 1))
+
+
+def cuda_report(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"bench/train.py --device cuda: CUDA is not available here (torch {torch.__version__})")
+        return 2
+    setup = cuda_setup(args)
+    if not 1 <= setup.warmup < setup.steps:
+        raise SystemExit(f"--warmup-steps must be at least 1 and below --steps ({setup.steps})")
+    results = interleaved(CUDA_WORKERS, setup, args.rounds, args.threads, "steady_tokens_per_s")
+    tps = {name: [r["steady_tokens_per_s"] for r in runs] for name, runs in results.items()}
+    ratios = {name: statistics.median(o / t for o, t in zip(tps[OURS], tps[name])) for name in CUDA_WORKERS}
+    # One denominator for all: the best bf16 matmul peak any of ours' runs measured (mfu.py caches it).
+    peak = max(r["peak_flops"] for r in results[OURS])
+    per_token = results[OURS][0]["flops_per_token"]
+    mfu = {name: max(values) * per_token / peak for name, values in tps.items()}
+    memory = {name: max(r["peak_memory"] for r in runs) for name, runs in results.items()}
+    loss = {name: statistics.median(r["last_loss"] for r in runs) for name, runs in results.items()}
+    loss_diff = max(abs(o["last_loss"] - r["last_loss"]) / abs(r["last_loss"])
+                    for o, r in zip(results[OURS], results[REFERENCE]))
+    first = results[OURS][0]
+    print(f"model: GPT-2 {setup.size}, vocab {setup.vocab}, {setup.block}-token blocks, batch {setup.batch}, "
+          f"{setup.steps} steps (tokens/s over steps {setup.warmup + 1}-{setup.steps}), bf16, lr {setup.lr}; "
+          f"{args.rounds} interleaved rounds; {first['device_name']}, torch {first['torch']}")
+    print(f"peak (measured bf16 matmul): {peak / 1e12:.0f} TFLOP/s; model: {per_token / 1e9:.3f} GFLOP per token")
+    print(f"{'contender':<24}{'best tok/s':>12}{'median tok/s':>14}{'MFU':>8}{'peak GiB':>10}{'last loss':>11}"
+          f"{'ours/this':>11}")
+    for name in CUDA_WORKERS:
+        print(f"{name:<24}{max(tps[name]):>12.0f}{statistics.median(tps[name]):>14.0f}{mfu[name]:>8.3f}"
+              f"{memory[name] / 2**30:>10.2f}{loss[name]:>11.4f}{ratios[name]:>11.2f}")
+    keys = {OURS: "ours", TRAINER: "trainer", REFERENCE: "reference"}
+    summary = {"bench": "train", "device": "cuda", "device_name": first["device_name"], "torch": first["torch"],
+               "model": f"gpt2-{setup.size}", "vocab": setup.vocab, "block_size": setup.block,
+               "batch_size": setup.batch, "steps": setup.steps, "warmup_steps": setup.warmup, "rounds": args.rounds,
+               "precision": setup.precision, "lr": setup.lr,
+               "ratio": round(ratios[TRAINER], 3), "ratio_vs_reference": round(ratios[REFERENCE], 3),
+               "loss_rel_diff_vs_reference": round(loss_diff, 5)}
+    for name, key in keys.items():
+        summary.update({f"{key}_tokens_per_s": round(max(tps[name]), 1), f"{key}_mfu": round(mfu[name], 4),
+                        f"{key}_peak_memory_bytes": memory[name], f"{key}_last_loss": round(loss[name], 5)})
+    # What train_model itself logs (its own clock: first step to last, compile included), for comparison.
+    summary.update(ours_loop_tokens_per_s=round(max(r["tokens_per_s"] for r in results[OURS]), 1),
+                   ours_compiled=first["compiled"], ours_chunked_loss=first["chunked_loss"],
+                   peak_flops=round(peak), flops_per_token=per_token, python=platform.python_version())
+    print(json.dumps(summary))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 120 on CPU, 60 on CUDA)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every contender (default: torch's, one per core); 1 is far less "
+                             "sensitive to other processes on a shared machine")
+    parser.add_argument("--warmup-steps", type=int, default=10,
+                        help="CUDA: steady-state tokens/s count the steps after this one (compile, warm-up excluded)")
+    parser.add_argument("--model-size", default=None, help="CUDA: GPT-2 preset (default 124M; nano/tiny for a smoke run)")
+    parser.add_argument("--worker", choices=sorted(set(WORKERS.values()) | set(CUDA_WORKERS.values())),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, Setup.from_json(args.setup), args.result, args.threads)
+        return 0
+    return cuda_report(args) if args.device == "cuda" else cpu_report(args)
 
 
 if __name__ == "__main__":
