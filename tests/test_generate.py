@@ -23,6 +23,7 @@ import torch
 
 from pipeline.lm import diagnostics as D
 from pipeline.lm import sampling as S
+from pipeline.lm import sampling_device as SD
 
 EOS = 0
 
@@ -222,10 +223,10 @@ def test_cut_at_eos_and_left_pad():
 
 
 def test_auto_batch_size_fills_memory_in_powers_of_two_under_the_cap(model, monkeypatch):
-    per_sequence = 129 * S.kv_cache_bytes_per_token(model.config, torch.float32) + 6 * 4 * model.config.vocab_size
-    for free, expected in ((per_sequence * 2 * 100, 64), (per_sequence * 2 * 3, 2), (1, 1), (1 << 50, S.CPU_BATCH_CAP)):
-        monkeypatch.setattr(S, "free_memory_bytes", lambda device, free=free: free)
-        assert S.auto_batch_size(model, 129, torch.device("cpu")) == expected
+    per_sequence = 129 * SD.kv_cache_bytes_per_token(model.config, torch.float32) + 6 * 4 * model.config.vocab_size
+    for free, expected in ((per_sequence * 2 * 100, 64), (per_sequence * 2 * 3, 2), (1, 1), (1 << 50, SD.CPU_BATCH_CAP)):
+        monkeypatch.setattr(SD, "free_memory_bytes", lambda device, free=free: free)
+        assert SD.auto_batch_size(model, 129, torch.device("cpu")) == expected
 
 
 def test_human_prompts_are_prefixes_of_long_enough_documents_chosen_by_sequence_index():

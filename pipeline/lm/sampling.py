@@ -3,7 +3,9 @@
 One `model.generate` call samples a whole batch with a preallocated (static) KV cache; prompts are
 left-padded so every row's next token sits in the last column. Each row stops at its first EOS
 (`generate` pads the rest), and only the tokens before that EOS are kept and counted. Batches run
-until the kept tokens reach the target; the last batch shrinks to what is still missing.
+until the kept tokens reach the target; the last batch shrinks to what is still missing. How the
+decode steps run per device (eager on CPU; compiled into CUDA graphs over bucketed batch shapes on
+CUDA) is decided in one place, pipeline/lm/sampling_device.py (`decode_plan`).
 
 Determinism that does not depend on how the work is cut up: sequence i of a shard draws its prompt
 and, at generated position t, its one uniform random number from a counter-based hash of
@@ -11,6 +13,20 @@ and, at generated position t, its one uniform random number from a counter-based
 whatever the batch size or the number of processes, and documents are accepted in sequence order up
 to the target. (Floating point can differ in the last bits between batch shapes; a draw lands within
 that distance of a CDF boundary with probability ~1e-7 per token.)
+
+What that promises, precisely:
+- CPU (fp32, eager): the same seed and shard give the same text bit for bit, whatever the batch size
+  and process count, up to the floating-point ties above.
+- CUDA (bf16, compiled decode): the text is a function of seed, shard, batch size and number of
+  processes, on a given GPU model and software versions. Those alone fix the sequence of batches and
+  the bucket each batch is padded to; each bucket shape runs its own graph, whose kernels are chosen
+  without timing (sampling_device.compile_settings). So running a shard twice, or rerunning a killed
+  one, gives the same text. A row's numbers depend on the shape of the batch it runs in, not on the
+  other rows' contents, so padding rows never change the kept rows. Across batch sizes the text is
+  equal only up to floating-point ties, as on CPU, but in bf16 the logits of different batch shapes
+  (other matmul kernels) differ far more often than in fp32: another batch size gives other documents
+  from the same distribution. The automatic batch size follows free GPU memory, so set
+  generate.batch_size to reproduce a GPU corpus. CPU and GPU text differ.
 """
 
 from __future__ import annotations
@@ -23,9 +39,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-CPU_BATCH_CAP = 1024  # beyond this the CPU is saturated: larger batches only add memory
-GPU_BATCH_CAP = 4096
-MEMORY_FRACTION = 0.5  # share of free memory the batch may use (the rest: weights, fragmentation, others)
+from pipeline.lm.sampling_device import DecodePlan, auto_batch_size, decode_plan, generated_columns, pad_rows
+
 PROMPT_ATTEMPTS = 64  # redraws for a sequence whose drawn human document is too short to give a prompt
 
 
@@ -47,12 +62,13 @@ class SamplingSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def generation_config(self, eos_id: int, pad_id: int):
+    def generation_config(self, eos_id: int, pad_id: int, compile_config=None):
         """The GenerationConfig for `generate`: greedy over the scores `InverseCdfSampler` leaves.
 
         Every field that could change the output is explicit, so no checkpoint default (a
         generation_config.json with top_k=50, min_p, ...) leaks in. Repetition penalty and the minimum
         length stay transformers' own processors; they run before the sampler, as in do_sample mode.
+        `compile_config` (from sampling_device.DecodePlan): compile the decode forward; None: eager.
         """
         from transformers import GenerationConfig
 
@@ -60,9 +76,10 @@ class SamplingSettings:
             do_sample=False, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens or None,
             repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=0, num_beams=1,
             num_return_sequences=1, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None, use_cache=True,
-            # Preallocated cache: no torch.cat of the whole cache every step (~20% faster on CPU).
-            # No torch.compile: every new batch shape would recompile.
-            cache_implementation="static", disable_compile=True,
+            # Preallocated cache: no torch.cat of the whole cache every step (~20% faster on CPU), and fixed
+            # shapes, which compiled decode needs. Eager unless the decode plan compiles (CUDA: bucketed
+            # batch shapes, so a few graphs serve every call).
+            cache_implementation="static", disable_compile=compile_config is None, compile_config=compile_config,
             return_dict_in_generate=False, output_scores=False,
         )
 
@@ -103,8 +120,8 @@ def counter_hash(key, counter) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def uniforms(keys: np.ndarray, step: int) -> np.ndarray:
-    """float64 in [0, 1): the 53 top bits of the hash of each row's key at `step`."""
+def uniforms(keys: np.ndarray, step) -> np.ndarray:
+    """float64 in [0, 1): the 53 top bits of the hash of each row's key at `step` (arrays broadcast)."""
     return (counter_hash(keys, step) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
@@ -117,15 +134,21 @@ class InverseCdfSampler:
     counter-based stream, is located in it (searchsorted): the same distribution, with random numbers
     that belong to the sequence, not to the batch. generate's greedy step then picks the drawn token.
     fp32 cumsum: tokens below ~1e-7 of the mass are drawn with small error.
+
+    The uniforms of every row and position are computed once per batch (`start_batch`) and moved to the
+    model's device once: no host->device copy (a synchronisation on CUDA) per decode step. They are the
+    same float64 values the per-step hash gave, so CPU text is unchanged.
     """
 
     def __init__(self, settings: SamplingSettings) -> None:
         self.chain = settings.warpers()
-        self.row_keys = np.zeros(0, dtype=np.uint64)
+        self.table = torch.zeros((0, 0), dtype=torch.float64)
         self.prompt_width = 0
 
-    def start_batch(self, row_keys: np.ndarray, prompt_width: int) -> None:
-        self.row_keys, self.prompt_width = row_keys, prompt_width
+    def start_batch(self, row_keys: np.ndarray, prompt_width: int, steps: int, device: torch.device) -> None:
+        """Rows' stream keys, the (left-padded) prompt width, and how many tokens generate may add."""
+        table = uniforms(np.asarray(row_keys, dtype=np.uint64)[:, None], np.arange(steps, dtype=np.uint64)[None, :])
+        self.table, self.prompt_width = torch.from_numpy(table).to(device), prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for warper in self.chain:
@@ -133,7 +156,7 @@ class InverseCdfSampler:
         cdf = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).cumsum_(dim=-1)
         total = cdf[:, -1:]
         step = input_ids.shape[1] - self.prompt_width
-        u = torch.from_numpy(uniforms(self.row_keys, step)).to(cdf.device).unsqueeze(1)
+        u = self.table[:, step:step + 1]
         # u * total in [0, total): right=True finds the first entry with cdf > u, never a zero-mass token.
         target = torch.minimum((u * total.double()).to(cdf.dtype), torch.nextafter(total, torch.zeros_like(total)))
         drawn = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[-1] - 1)
@@ -205,51 +228,6 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, attention_mask
 
 
-# ---------------------------------------------------------------- memory and batch size
-
-
-def kv_cache_bytes_per_token(model_config, dtype: torch.dtype) -> int:
-    """Bytes of keys + values one token adds to the cache, over all layers."""
-    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    n_head = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
-    n_kv_head = getattr(cfg, "num_key_value_heads", None) or n_head
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
-    head_dim = getattr(cfg, "head_dim", None) or hidden // n_head
-    return 2 * n_layer * n_kv_head * head_dim * torch.empty((), dtype=dtype).element_size()
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Free accelerator memory (torch.cuda.mem_get_info) or available RAM (psutil)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def auto_batch_size(model, sequence_length: int, device: torch.device, cap: int | None = None) -> int:
-    """Sequences per batch that fit in MEMORY_FRACTION of free memory, as a power of two <= cap.
-
-    Per sequence: the static KV cache of `sequence_length` tokens plus the logits and the sampling
-    buffers over the vocabulary. (The batch size does not change what is sampled, only how fast.)
-    """
-    dtype = next(model.parameters()).dtype
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    vocabulary_buffers = 6 * 4 * cfg.vocab_size  # logits, fp32 copy, exp/cdf, the -inf output, slack
-    per_sequence = sequence_length * kv_cache_bytes_per_token(model.config, dtype) + vocabulary_buffers
-    cap = cap or (GPU_BATCH_CAP if device.type == "cuda" else CPU_BATCH_CAP)
-    fitting = int(free_memory_bytes(device) * MEMORY_FRACTION // per_sequence)
-    return max(1, min(cap, 2 ** int(math.log2(max(1, fitting)))))
-
-
-def sampling_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU that supports it, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 # ---------------------------------------------------------------- sampling
 
 
@@ -263,7 +241,8 @@ class SampleResult:
     computed_tokens: int = 0  # rows x generated columns, all processes: kept + EOS + padding after early stops
     sequences: int = 0  # sequences sampled (including empty and surplus ones)
     batch_size: int = 0
-    rows: list[int] = field(default_factory=list)  # rows of each generate call (this process)
+    rows: list[int] = field(default_factory=list)  # real rows of each generate call (this process)
+    run_rows: list[int] = field(default_factory=list)  # rows generate ran: `rows` + bucket padding (never counted)
     seconds: float = 0.0
 
     @property
@@ -286,20 +265,20 @@ def cut_at_eos(new_tokens: torch.Tensor, eos_id: int) -> list[list[int]]:
 def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, *, target_tokens: int, eos_id: int,
                      pad_id: int, seed: int, batch_size: int | None = None, rank: int = 0, world: int = 1,
                      gather: Callable[[list], list] | None = None, progress: bool = True,
-                     desc: str = "sample") -> SampleResult:
+                     desc: str = "sample", plan: DecodePlan | None = None) -> SampleResult:
     """Sample documents until their tokens reach `target_tokens` (the last document may overshoot).
 
     The model must be on its device in eval mode. Empty documents (EOS first) are dropped. With
     world > 1, each round process `rank` samples its contiguous chunk of sequence indices and `gather`
     (e.g. accelerate.utils.gather_object) collects every process's chunk in rank order, so all
-    processes accept the same documents in sequence order and return the same result.
+    processes accept the same documents in sequence order and return the same result. `plan`: how the
+    decode steps run (default: sampling_device.decode_plan for the model's device).
     """
-    from transformers import LogitsProcessorList
-
     from pipeline.lm.progress import progress_bar
 
     device = next(model.parameters()).device
-    generation_config = settings.generation_config(eos_id, pad_id)
+    plan = plan or decode_plan(model, device)
+    generation_config = settings.generation_config(eos_id, pad_id, plan.compile_config())
     sampler = InverseCdfSampler(settings)
     if batch_size is None:
         batch_size = auto_batch_size(model, prompts.max_length + settings.max_new_tokens, device)
@@ -312,29 +291,46 @@ def sample_documents(model, settings: SamplingSettings, prompts: PromptSampler, 
     original_config, model.generation_config = model.generation_config, generation_config
     started = time.perf_counter()
     try:
-        while result.kept_tokens < target_tokens:
-            rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
-                                       settings.max_new_tokens)
-            first = result.sequences + rank * rows
-            result.rows.append(rows)
-            indices = np.arange(first, first + rows, dtype=np.uint64)
-            batch_prompts = prompts.prompts(indices)
-            input_ids, attention_mask = left_pad(batch_prompts, pad_id)
-            sampler.start_batch(counter_hash(sequence_keys, indices), input_ids.shape[1])
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    generation_config=generation_config, logits_processor=LogitsProcessorList([sampler]))
-            new_tokens = output[:, input_ids.shape[1]:].cpu()
-            chunk = (batch_prompts, cut_at_eos(new_tokens, eos_id), new_tokens.numel())
-            chunks = gather([chunk]) if world > 1 else [chunk]
-            result.sequences += rows * world
-            before = result.kept_tokens
-            _accept(result, chunks, target_tokens)
-            bar.update(min(result.kept_tokens, target_tokens) - min(before, target_tokens))
+        with plan.scope():
+            while result.kept_tokens < target_tokens:
+                rows = _rows_for_remaining(target_tokens - result.kept_tokens, result, batch_size, world,
+                                           settings.max_new_tokens)
+                first = result.sequences + rank * rows
+                result.rows.append(rows)
+                result.run_rows.append(plan.rows_to_run(rows, batch_size))
+                indices = np.arange(first, first + rows, dtype=np.uint64)
+                batch_prompts = prompts.prompts(indices)
+                chunk = (batch_prompts, *_sample_batch(model, generation_config, sampler, batch_prompts,
+                                                       counter_hash(sequence_keys, indices), result.run_rows[-1],
+                                                       eos_id, pad_id))
+                chunks = gather([chunk]) if world > 1 else [chunk]
+                result.sequences += rows * world
+                before = result.kept_tokens
+                _accept(result, chunks, target_tokens)
+                bar.update(min(result.kept_tokens, target_tokens) - min(before, target_tokens))
     finally:
         model.generation_config = original_config
         bar.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _sample_batch(model, generation_config, sampler: InverseCdfSampler, batch_prompts: list[list[int]],
+                  keys: np.ndarray, run_rows: int, eos_id: int, pad_id: int) -> tuple[list[list[int]], int]:
+    """One generate call on `run_rows` rows: the real rows' documents and computed tokens (padding dropped)."""
+    from transformers import LogitsProcessorList
+
+    device = next(model.parameters()).device
+    rows = len(batch_prompts)
+    run_prompts, run_keys = pad_rows(batch_prompts, keys, run_rows)
+    input_ids, attention_mask = left_pad(run_prompts, pad_id)
+    sampler.start_batch(run_keys, input_ids.shape[1], generation_config.max_new_tokens, device)
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                            generation_config=generation_config, logits_processor=LogitsProcessorList([sampler]))
+    new_tokens = output[:rows, input_ids.shape[1]:].cpu()  # padding rows never leave the device
+    if run_rows > rows:  # had generate run on for the padding, the real rows' columns end earlier
+        new_tokens = new_tokens[:, :generated_columns(new_tokens, eos_id)]
+    return cut_at_eos(new_tokens, eos_id), new_tokens.numel()
 
 
 def _accept(result: SampleResult, chunks: list, target_tokens: int) -> None:

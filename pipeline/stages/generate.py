@@ -52,7 +52,8 @@ def plan(cfg, planned) -> list[Unit]:
                       "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed, "trust_remote_code": trust}
             if gen.prompt == "human":
                 params["prompt_tokens"] = gen.prompt_tokens
-            # The text does not depend on the batch size (counter-based sampling), so it is a setting.
+            # The text does not depend on the batch size (counter-based sampling), so it is a setting. (On
+            # CUDA in bf16 it does beyond floating-point ties: see pipeline/lm/sampling.py's docstring.)
             shards.append(Unit(NAME, shard_id(g, k), params, inputs=(teacher_key, PREPARE_KEY),
                                settings={"batch_size": gen.batch_size}, multiprocess=True))
         units += shards
@@ -74,7 +75,7 @@ def load_teacher(model_dir: Path, device, trust_remote_code: bool):
     """The teacher checkpoint and tokenizer, in bf16 on a GPU (fp32 on CPU), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.lm.sampling import sampling_dtype
+    from pipeline.lm.sampling_device import sampling_dtype
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=sampling_dtype(device),
