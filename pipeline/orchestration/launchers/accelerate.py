@@ -46,7 +46,6 @@ class AccelerateLauncher:
         status = executor.state(unit)
         return UnitOutcome(unit, "ran" if status == "done" else status, time.time() - started)
 
-
     def unit_states(self, cfg, executor) -> dict[str, str]:
         return {}  # the children run inside launch(); nothing is queued
 
