@@ -14,12 +14,12 @@ hook), so no loop, ours included, needs timing code for it. Each also reports it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 SEED = 0
 
@@ -130,22 +130,6 @@ def peak_memory(setup: Setup) -> int | None:
     return torch.cuda.max_memory_allocated() if setup.device.startswith("cuda") else None
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str | None):
-    """`name` set (or left alone for None) for the duration."""
-    saved = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            if saved is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = saved
-
-
 # ---------------------------------------------------------------- the contenders
 
 
@@ -154,7 +138,8 @@ def run_ours(setup: Setup, out: Path) -> dict:
     with ACCELERATE_USE_CPU when the setup says cpu, also on a GPU host)."""
     from pipeline.lm.training.loop import train_model
 
-    with _env("ACCELERATE_USE_CPU", "true" if setup.device == "cpu" else None), StepClock(setup) as clock:
+    pin_cpu = {"ACCELERATE_USE_CPU": "true"} if setup.device == "cpu" else {}
+    with mock.patch.dict(os.environ, pin_cpu), StepClock(setup) as clock:
         metrics = train_model(model(setup), blocks(setup), None, training_config(setup), out, seed=SEED)
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in rows]
