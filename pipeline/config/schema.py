@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pipeline.config.base import STAGES, Section, StageName
 from pipeline.config.slurm import SlurmConfig
@@ -340,9 +340,19 @@ class Config(Section):
                              f"do not fit the scratch teacher's context of {context} tokens (packing.block_size); "
                              f"use at most {context + 1 - prompt} or raise packing.block_size")
 
+    # A run's saved config.yaml names the directory it was started in; read back from a copied or moved
+    # run (or from another working directory, runs_dir being relative), it must stand for where it lies.
+    _pinned_run_dir: Path | None = PrivateAttr(None)
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
+        return self._pinned_run_dir if self._pinned_run_dir is not None else Path(self.runs_dir) / self.name
+
+    def at(self, run_dir: Path) -> "Config":
+        """This config reading and writing `run_dir` instead of runs_dir/name (fingerprints unchanged)."""
+        pinned = self.model_copy()
+        pinned._pinned_run_dir = Path(run_dir)
+        return pinned
 
 
 

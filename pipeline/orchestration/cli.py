@@ -157,10 +157,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _run_dir_config(run_dir: Path) -> Config:
+    """The config of the run in `run_dir`, standing for `run_dir` itself (a copied or moved run included)."""
     resolved = run_dir / "config.yaml"
     if not resolved.is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml); give runs/NAME of a run started with collapse run/submit")
-    return load_config(resolved)
+    return load_config(resolved).at(run_dir)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -222,7 +223,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[Config, "object"]:
     path = Path(args.config) if args.config else default_config_path()
     cfg = load_config(path, args.overrides)
+    moved = {item.partition("=")[0] for item in args.overrides} & {"name", "runs_dir"}
+    if _is_saved_run_config(path) and not moved:  # a run's own config.yaml (what accelerate and Slurm workers get)
+        cfg = cfg.at(path.parent)
     return cfg, _executor(cfg)
+
+
+def _is_saved_run_config(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().startswith(RESOLVED_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _executor(cfg: Config):
@@ -241,6 +253,9 @@ def _stage_list(text: str, flag: str) -> list[str]:
     return names
 
 
+RESOLVED_HEADER = "# resolved config of this run"  # first line of a run's config.yaml: it stands for its directory
+
+
 def resolved_config_path(cfg: Config) -> Path:
     return cfg.run_dir / "config.yaml"
 
@@ -250,7 +265,7 @@ def save_resolved_config(cfg: Config) -> Path:
     from pipeline.io import write_text_atomic
 
     path = resolved_config_path(cfg)
-    text = "# resolved config of this run (base: chains and --set applied)\n" + yaml.safe_dump(
+    text = f"{RESOLVED_HEADER} (base: chains and --set applied)\n" + yaml.safe_dump(
         cfg.model_dump(mode="json", exclude={"base"}), sort_keys=False)
     if not path.is_file() or path.read_text() != text:
         write_text_atomic(path, text)
