@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,8 +44,42 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def json_text(data: Any, **options: Any) -> str:
+    """JSON text of `data` (json.dumps options); NaN and infinities are refused with a ValueError naming
+    where they are: they are not JSON (strict readers fail on them), and a result holding one is a bug
+    to fix where the number is made, never a value to pass on."""
+    try:
+        return json.dumps(data, allow_nan=False, **options)
+    except ValueError:
+        where = non_finite_path(data)
+        if where is None:
+            raise
+        raise ValueError(f"{where} is not a finite number; NaN and infinities are not written as JSON") from None
+
+
+def non_finite_path(data: Any, prefix: str = "") -> str | None:
+    """Where the first NaN or infinite float in nested dicts/lists is ("metrics.loss", "rows[3]"), else None."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else (prefix or "the value")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_path(value, f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
+def json_line(row: Any) -> str:
+    """One line of a JSONL file (finite numbers only, see json_text)."""
+    return json_text(row) + "\n"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        text = json_text(data, indent=2, sort_keys=True, default=str)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    write_text_atomic(path, text + "\n")
 
 
 def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:

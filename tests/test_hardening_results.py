@@ -9,12 +9,15 @@ line `collapse: error: ...` and that nothing was written or the damage was repai
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
-from hardening_helpers import artefacts, snapshot, tiny_args
+import pytest
+
+from hardening_helpers import artefacts, files_under, last_error, snapshot, tiny_args
 from pipeline.errors import ExitCode
 from test_hardening import cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
 
@@ -50,3 +53,32 @@ def test_verify_and_status_of_a_copied_run_check_the_copy_and_repair_it(tmp_path
     assert snapshot(original) == untouched, "the original run is neither checked nor written"
     rc, out, _ = cli(capsys, "status", "copy")
     assert out.startswith("run: copy\n")
+
+
+# ---------------------------------------------------------------- a diverged student is not a result
+
+
+def test_a_diverging_student_stops_at_the_first_non_finite_loss_and_is_not_kept(tmp_path, capsys):
+    args, run_dir = _mixed_run(tmp_path, capsys)
+    before = snapshot(run_dir)
+    rc, _, err = cli(capsys, "run", *args, "--set", "train.training.lr=1e30", "--stages", "train", "--no-progress")
+    assert rc == ExitCode.BAD_INPUT, err
+    line = last_error(err)
+    assert re.fullmatch(r"unit train/gpt2-nano-g0-p0-n3000-s0: the training loss is (NaN|[+-]infinity) at step \d+: "
+                        r"the run diverged; lower train\.training\.lr \(now 1e\+30\) or set train\.training\.grad_clip "
+                        r"\(now 1; 0 is off\) and run again", line), line
+    train = {path for path in set(snapshot(run_dir)) - set(before) if "/train/" in f"/{path}"}
+    assert train <= {".collapse/locks/train", ".collapse/locks/train/gpt2-nano-g0-p0-n3000-s0.lock",
+                     "logs/train", "logs/train/gpt2-nano-g0-p0-n3000-s0.log"}, sorted(train)
+    assert status_of(capsys, run_dir)["train/gpt2-nano-g0-p0-n3000-s0"] == "pending", "neither done nor failed"
+
+
+def test_json_outputs_refuse_nan_and_infinity_naming_where_it_is(tmp_path):
+    from pipeline.io import json_line, write_json_atomic
+
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=r"metrics\.json: metrics\.rows\[1\] is not a finite number"):
+        write_json_atomic(target, {"metrics": {"rows": [1.0, float("nan")]}})
+    with pytest.raises(ValueError, match=r"loss is not a finite number"):
+        json_line({"loss": float("inf")})
+    assert not target.exists() and files_under(tmp_path) == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
@@ -73,13 +74,10 @@ def run(ctx) -> dict[str, Any]:
     metrics: dict[str, Any] = {"generation": params["generation"],
                                "init": "pretrained" if params["model"].get("pretrained") else "scratch"}
     if "training" in params:
-        from pipeline.lm.training.loop import train_model
-
         train_blocks, val_blocks = training_data(ctx, tokenizer, run_tokenizer, block_size)
         metrics["data"] = {"human": params["human"], "corpora": params["corpora"], "train_blocks": len(train_blocks),
                            "validation_blocks": len(val_blocks)}
-        metrics.update(train_model(model, train_blocks, val_blocks, _training_config(ctx), out, params["seed"],
-                                   ctx.log, desc=f"teacher {ctx.unit.id}", run_info=_run_info(ctx)))
+        metrics.update(_train(ctx, model, train_blocks, val_blocks))
     elif ctx.is_main_process:
         model.save_pretrained(str(out / "model"))  # safetensors: generate loads every teacher the same way
     if ctx.is_main_process:
@@ -116,6 +114,18 @@ def _resolve_once(ctx, spec: str, trust: bool) -> None:
     if ctx.is_main_process:
         resolve(spec, trust)
     ctx.processes.barrier()
+
+
+def _train(ctx, model, train_blocks, val_blocks) -> dict[str, Any]:
+    from pipeline.lm.training.divergence import Diverged
+    from pipeline.lm.training.loop import train_model
+
+    training = _training_config(ctx)
+    try:
+        return train_model(model, train_blocks, val_blocks, training, Path(ctx.out), ctx.params["seed"], ctx.log,
+                           desc=f"teacher {ctx.unit.id}", run_info=_run_info(ctx))
+    except Diverged as exc:  # a bad setting, not a failed unit: one line, nothing kept
+        raise UserError(exc.advice(ctx.unit.key, "teacher.training", training)) from None
 
 
 def _training_config(ctx):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
@@ -57,6 +58,7 @@ def run(ctx) -> dict[str, Any]:
 
     from pipeline.config import ModelConfig
     from pipeline.lm.models import build_model
+    from pipeline.lm.training.divergence import Diverged
     from pipeline.lm.training.loop import train_model
 
     params, out = ctx.params, Path(ctx.out)
@@ -70,8 +72,12 @@ def run(ctx) -> dict[str, Any]:
     torch.manual_seed(params["seed"])  # the init depends on the seed (and nothing else)
     model_cfg = ModelConfig.model_validate(params["model"])
     model = build_model(model_cfg, len(tokenizer), block_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    metrics = train_model(model, train_blocks, val_blocks, training_config(ctx), out, params["seed"], ctx.log,
-                          desc=ctx.unit.id, run_info={**ctx.settings["run_info"], "config": params})
+    training = training_config(ctx)
+    try:
+        metrics = train_model(model, train_blocks, val_blocks, training, out, params["seed"], ctx.log,
+                              desc=ctx.unit.id, run_info={**ctx.settings["run_info"], "config": params})
+    except Diverged as exc:  # a bad setting, not a failed unit: one line, nothing kept
+        raise UserError(exc.advice(ctx.unit.key, "train.training", training)) from None
     if ctx.is_main_process:
         tokenizer.save_pretrained(str(out / "model"))
         ctx.log.info("train %s: %d steps, best val loss %.4f, %.0f tokens/s, MFU %.3f", ctx.unit.id,

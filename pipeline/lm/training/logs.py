@@ -2,7 +2,7 @@
 
 Written by the main process only. Trackers are Accelerate's (`Accelerator(log_with=...)`): TensorBoard
 by default (events under out_dir/tb/<project>), wandb, mlflow, aim or comet_ml when installed and named
-in `train.trackers`. One tracker run per unit: project = the run's name (so a run's units group
+in `training.trackers`. One tracker run per unit: project = the run's name (so a run's units group
 together), run name = the unit id, config = the unit's parameters. Trackers stay offline unless the
 user's environment says otherwise (WANDB_MODE, COMET_START_ONLINE, MLFLOW_TRACKING_URI; aim and
 TensorBoard only write local files).
@@ -16,31 +16,39 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.io import write_text_atomic
+from pipeline.io import json_line, write_text_atomic
 
 # Tracker name (accelerate's log_with) -> the package that must be importable for it.
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim", "comet_ml": "comet_ml"}
 
 
-def check_trackers(names: list[str]) -> list[str]:
-    """The trackers to use (duplicates dropped); a UserError naming `train.trackers` for an unknown or
-    uninstalled one."""
+def tracker_problem(names: list[str]) -> str | None:
+    """What is wrong with a list of tracker names (one unknown, or not installed), or None."""
     valid = ", ".join(TRACKERS)
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
-        raise UserError(f"train.trackers: unknown tracker {', '.join(map(repr, unknown))}; valid values: {valid} "
-                        f"(or [] for none)")
+        return f"unknown tracker {', '.join(map(repr, unknown))}; valid values: {valid} (or [] for none)"
     missing = [name for name in names if importlib.util.find_spec(TRACKERS[name]) is None]
     if missing:
-        raise UserError(f"train.trackers: {', '.join(missing)} is not installed (pip install "
-                        f"{' '.join(TRACKERS[m].replace('_', '-') for m in missing)}), or remove it; valid values: "
-                        f"{valid} (or [] for none)")
+        return (f"{', '.join(missing)} is not installed (pip install "
+                f"{' '.join(TRACKERS[m].replace('_', '-') for m in missing)}), or remove it; valid values: "
+                f"{valid} (or [] for none)")
+    return None
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    """The trackers to use (duplicates dropped); a UserError for an unknown or uninstalled one (a config
+    refuses those when it is read, naming teacher.training.trackers or train.training.trackers)."""
+    problem = tracker_problem(names)
+    if problem:
+        raise UserError(f"training.trackers: {problem}")
     return list(dict.fromkeys(names))
 
 
@@ -113,7 +121,9 @@ class TrainLog:
         """One JSON line; each numeric field logged to the trackers at row['step']."""
         if not self.enabled:
             return
-        self._file.write(json.dumps(row) + "\n")
+        if not math.isfinite(row.get("grad_norm", 0.0)):  # an fp16 overflow step, skipped by the loss scaler
+            row = {**row, "grad_norm": None}
+        self._file.write(json_line(row))
         self._file.flush()
         if self._tracking:
             scalars = {k: v for k, v in row.items()

@@ -30,6 +30,7 @@ from pipeline.distributed import broadcast_from_main, force_cpu
 from pipeline.io import write_dir_atomic
 from pipeline.lm.training.checkpoint import Checkpoints, load_snapshot
 from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, pad_rows, total_steps
+from pipeline.lm.training.divergence import DivergenceWatch, check_finite
 from pipeline.lm.training.logs import TrainLog, check_trackers
 from pipeline.lm.training.loss import OutputHead, causal_lm_loss
 from pipeline.lm.training.mfu import mfu, peak_flops, remeasure_peak
@@ -195,6 +196,7 @@ class _Loop:
         self.peak_checked = False
         self.head: OutputHead | None = None  # the chunked loss's output head (None: whole-batch logits)
         self.compiled: torch.nn.Module | None = None  # the module compiled in place, if any
+        self.divergence = DivergenceWatch(accelerator.device)
 
     def run(self, steps: int, stop: StopFlag) -> None:
         training, state, accelerator = self.training, self.state, self.accelerator
@@ -205,6 +207,7 @@ class _Loop:
             loss_sum = self._train_step(step)
             running += loss_sum
             done = step + 1
+            self.divergence.note(done, loss_sum)
             state["step"], state["tokens"] = done, state["tokens"] + self.tokens_per_step
             window_steps += 1
             self.train_log.step()
@@ -248,6 +251,7 @@ class _Loop:
 
     def _log_train(self, done: int, running: torch.Tensor, window_steps: int, timed_from: float) -> float:
         """Record the window's train-log row; returns the window's seconds (pauses excluded)."""
+        self.divergence.check(self.accelerator)  # never a NaN row, and no step past a diverged one is logged
         mean_loss = float(self.accelerator.reduce(running / window_steps, reduction="mean"))
         # Read the clock only after the loss reached the host: on CUDA the steps run asynchronously, and
         # a clock read before that wait would miss the window's queued kernels (optimistic tokens/s).
@@ -272,7 +276,9 @@ class _Loop:
         due = done == steps or (done % every == 0 if every else done % self.batches.steps_per_epoch == 0)
         if self.val_windows is None or not due:
             return False
+        self.divergence.check(self.accelerator)
         loss = self.validate()
+        check_finite(done, loss, "validation")
         state["last_val_loss"] = loss
         improved = state["best_val_loss"] is None or loss < state["best_val_loss"]
         if improved:
@@ -306,6 +312,7 @@ class _Loop:
     def _checkpoint(self, done: int, window_start: float, window_steps: int) -> None:
         if self.last_checkpoint == done:  # a signal right after a periodic checkpoint
             return
+        self.divergence.check(self.accelerator)  # a diverged run is not worth resuming
         self.last_checkpoint = done
         state = self._state_for_disk()
         # Training time of the steps since the last log row belongs to the checkpointed run.
