@@ -68,7 +68,7 @@ def fake_cfg(generate_mode="replace", generations=1) -> SimpleNamespace:
         teacher=SimpleNamespace(model=SimpleNamespace(pretrained=None, label="gpt2-nano", finetune="full")),
         generate=SimpleNamespace(mode=generate_mode, generations=generations, temperature=1.0, top_p=1.0, top_k=0),
         mix=SimpleNamespace(mode="replace"), train=SimpleNamespace(seeds=[0, 1]),
-        fit=dump({"shared_exponent": True, "bootstrap": 60}), report=dump({"title": None, "theory_figures": False}))
+        fit=dump({"shared_exponent": True, "bootstrap": 60, "accumulate_margin": 0.02}), report=dump({"title": None, "theory_figures": False}))
 
 
 def fake_planned(inputs: dict[str, Path]) -> SimpleNamespace:
@@ -93,7 +93,7 @@ def test_plans_put_what_run_reads_into_params():
     planned = fake_planned({"evaluate/a": Path("a"), "generate/g0": Path("g"), "generate/g0-s000": Path("s")})
     [fit_unit] = fit.plan(fake_cfg(), planned)
     assert fit_unit.inputs == ("evaluate/a", "generate/g0")
-    assert fit_unit.params["fit"] == {"shared_exponent": True, "bootstrap": 60}
+    assert fit_unit.params["fit"] == {"shared_exponent": True, "bootstrap": 60, "accumulate_margin": 0.02}
     assert fit_unit.params["generate_mode"] == "replace"
     [report_unit] = report.plan(fake_cfg(), planned)
     assert "fit/fit" in report_unit.inputs and "generate/g0-s000" not in report_unit.inputs
@@ -146,7 +146,10 @@ def test_model_sizes_are_a_structure_and_render_as_a_table(tmp_path):
     assert [s["parameters"] for s in sizes["sizes"]] == [100_000, 400_000]
     assert "random-projection" in sizes["theory"]["method"]
     assert set(sizes["theory"]["fractions"]) == {"0.2", "0.5"}
-    assert "| p | observed gap order | predicted gap order |" in text
+    # 100k and 400k parameters against at most 40k tokens: above the interpolation threshold.
+    assert sizes["tokens"] == 40_000 and sizes["theory"]["applies"] == "above"
+    assert "| p | observed gap order | predicted below threshold | predicted above threshold |" in text
+    assert "Regime that applies: **above**" in text
     assert '{"' not in text and "'compared'" not in text, "no raw JSON in the report"
     gaps = fitted["collapse_gap"]
     assert {(g["curve"], g["fraction"]) for g in gaps} == {(s, p) for s in ("small", "large") for p in (0.2, 0.5)}
@@ -164,16 +167,33 @@ def test_plateau_figure_fits_both_theory_forms_and_says_which_the_data_support(t
     assert theory["source"] == "fitted plateaus E_p"
     assert theory["asymptotic"]["c2"] == pytest.approx(TRUTH["c2"], rel=0.1)
     assert set(theory["asymptotic"]["residuals"]) == {"0.1", "0.3", "0.6", "1"}
-    assert theory["supported"] in ("asymptotic", "finite_n") and theory["f_test"]["dof"] == [1, 2]
-    assert "## Linear theory" in text and "Verdict:" in text
+    assert theory["finite_n"]["phi"] is None, "phi = d/n has no meaning on n -> infinity plateaus"
+    if theory["forms_test"] is None:  # the plateau fit gave no joint draws: the forms are not compared
+        assert theory["supported"] is None and "not compared" in theory["verdict"]
+    else:
+        assert theory["supported"] in ("asymptotic", "finite_n") and 0 < theory["forms_test"]["p_value"] <= 1
+        assert theory["asymptotic"]["c2_ci"][0] <= TRUTH["c2"] <= theory["asymptotic"]["c2_ci"][1]
+    assert "## Linear theory" in text and "Verdict:" in text and "Method:" in text
+
+
+def test_linear_theory_on_losses_at_a_budget_uses_the_seed_spread(tmp_path):
+    rows = make_rows(fractions=(0.0, 0.2, 0.5, 1.0), budgets=(10_000, 40_000), seeds=(0, 1, 2))
+    fitted, text, _ = run_stages(tmp_path, rows)
+    theory = fitted["students"]["gpt2-nano"]["theory"]
+    assert theory["source"].startswith("mean test loss at n = 40,000")
+    assert "seed spread" in theory["forms_test"]["covariance"] and theory["supported"] == "asymptotic"
+    assert theory["finite_n"]["u_meaning"].startswith("u = phi/(1-phi)")
+    assert "bootstrap of the likelihood ratio" in text
 
 
 def test_generations_give_a_slope_with_an_interval_and_a_finding(tmp_path):
     rows = make_rows(fractions=(0.5,), budgets=(40_000,), seeds=(0, 1), generations=(0, 1, 2, 3))
     fitted, text, out = run_stages(tmp_path, rows, generate_mode="replace", generations=4)
     [trend] = fitted["generations"]["trends"]
-    assert trend["generations"] == [0, 1, 2, 3] and trend["slope"] > 0 and trend["slope_ci"][0] > 0
-    assert trend["r2"] > 0.99 and trend["finding"]["holds"] is True
+    assert trend["generations"] == [0, 1, 2, 3] and trend["seeds"] == [2, 2, 2, 2] and trend["dof"] == 2
+    assert trend["slope"] > 0 and trend["slope_ci"][0] > 0
+    assert trend["r2"] > 0.99 and trend["finding"]["holds"] is True and trend["finding"]["p_value"] < 0.05
+    assert fitted["generations"]["accumulate_margin"] == 0.02 and "per-generation means" in text
     assert set(fitted["students"]) == {f"gpt2-nano gen{g}" for g in range(4)}
     assert "## Generations" in text and (out / "figures" / "loss_vs_generation.png").is_file()
 

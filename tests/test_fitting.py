@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.analysis.fitting import fit_scaling_curves, fit_tail_model, plateaus_from_fit, predicted_tail_cutoff
-from pipeline.analysis.prediction import generation_trend, identification, measured_gaps, predict_heldout
-from pipeline.analysis.theory_fit import compare_model_sizes, fit_linear_theory
+from pipeline.analysis.prediction import identification, measured_gaps, predict_heldout
+from pipeline.analysis.theory_fit import fit_linear_theory
 from pipeline.theory import generator_cutoff, tail_mass, top_p_cutoff, zipf_probabilities
 
 
@@ -98,28 +98,6 @@ def test_two_budgets_still_fit_and_warn_about_the_plateau():
     json.dumps(result)
 
 
-def test_linear_theory_recovers_c2_and_tells_the_two_forms_apart():
-    rng = np.random.default_rng(7)
-    c2, u, clean = rng.uniform(0.5, 2.0), rng.uniform(0.1, 0.4), 2.5
-    fractions = np.array([0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0])
-    noisy = lambda gap: {str(p): clean + gap(p) + 0.002 * rng.standard_normal() * (p > 0) for p in fractions}
-    finite = fit_linear_theory(noisy(lambda p: (p**2 + p * (1 - p) * u) * c2))
-    assert finite["supported"] == "finite_n" and finite["f_test"]["p_value"] < 0.05
-    assert finite["finite_n"]["c2"] == pytest.approx(c2, rel=0.05)
-    assert finite["finite_n"]["u"] == pytest.approx(u, rel=0.15)
-    assert finite["finite_n"]["phi"] == pytest.approx(u / (1 + u), rel=0.15)
-    assert finite["finite_n"]["r2"] > 0.99 > finite["asymptotic"]["r2"]
-    asymptotic = fit_linear_theory(noisy(lambda p: p**2 * c2))
-    assert asymptotic["supported"] == "asymptotic" and "not significant" in asymptotic["verdict"]
-    assert asymptotic["asymptotic"]["c2"] == pytest.approx(c2, rel=0.02)
-    assert set(asymptotic["asymptotic"]["residuals"]) == {f"{p:g}" for p in fractions[1:]}
-    two = fit_linear_theory({0.0: 3.0, 0.5: 3.2, 1.0: 3.7})
-    assert two["supported"] is None and "at least 3" in two["verdict"]
-    helped = fit_linear_theory({0.0: 3.0, 0.5: 2.9, 1.0: 2.8})
-    assert helped["asymptotic"]["c2"] == 0 and "warning" in helped
-    json.dumps(finite)
-
-
 def test_heldout_prediction_is_calibrated_over_many_data_sets():
     """The 95% prediction interval holds the held-out measurement in most data sets (3 seeds, 5 budgets).
 
@@ -159,16 +137,12 @@ def test_identification_names_what_is_missing():
     assert "2 budget(s) (n = 100,000, 1,000,000)" in status["per_fraction"]["0.5"]["missing"]
 
 
-def test_measured_gaps_and_generation_trend():
+def test_measured_gaps():
     rows = [{"synthetic_fraction": p, "token_budget": 100, "seed": s, "loss": 3.0 + p + 0.01 * s, "generation": g}
             for p in (0.0, 0.5) for s in range(3) for g in range(4)]
     gaps = measured_gaps([r for r in rows if r["generation"] == 0])
     assert gaps["0.5"]["gap"] == pytest.approx(0.5) and gaps["0.5"]["budget"] == 100
     assert gaps["0.5"]["gap_ci"][0] <= 0.5 <= gaps["0.5"]["gap_ci"][1]
-    growing = [dict(r, loss=r["loss"] + 0.1 * r["generation"]) for r in rows if r["synthetic_fraction"] == 0.5]
-    trend = generation_trend(growing)
-    assert trend["slope"] == pytest.approx(0.1) and trend["r2"] == pytest.approx(1.0)
-    assert trend["slope_ci"][0] > 0 and trend["generations"] == [0, 1, 2, 3]
 
 
 def test_tail_model_recovers_zipf_exponent_from_sampled_counts():
@@ -189,19 +163,6 @@ def test_predicted_tail_cutoff_links_to_the_tails_formulas():
     assert result["stall_window"][1] == pytest.approx(10 * result["stall_window"][0])
 
 
-def test_compare_model_sizes_reports_orders_and_what_was_compared():
-    # Collapse gap grows with size: what the random-projection model predicts below the threshold.
-    plateaus = {10**6: {0.0: 3.0, 0.3: 3.05}, 4 * 10**6: {0.0: 2.8, 0.3: 2.9}, 16 * 10**6: {0.0: 2.6, 0.3: 2.8}}
-    below = compare_model_sizes(plateaus, regime="below")
-    above = compare_model_sizes(plateaus, regime="above")
-    json.dumps(below)
-    assert "random-projection" in below["method"] and "caveat" in below
-    assert below["fractions"]["0.3"]["observed_gap_order"] == [10**6, 4 * 10**6, 16 * 10**6]
-    assert below["fractions"]["0.3"]["gap_order_agrees"] is True
-    assert above["fractions"]["0.3"]["gap_order_agrees"] is False
-    assert sorted(below["projection_sizes"].values()) == list(below["projection_sizes"].values())
-
-
 @pytest.mark.parametrize("rows, message", [
     ([], "rows"),
     ([{"synthetic_fraction": 0.1, "token_budget": 10, "seed": 0}], "loss"),
@@ -219,8 +180,6 @@ def test_other_bad_arguments_raise_value_error():
         fit_linear_theory({0.2: 1.0, 0.5: 1.2})
     with pytest.raises(ValueError, match="rank_window"):
         fit_tail_model([5, 3, 1], rank_window=(1, 10))
-    with pytest.raises(ValueError, match="regime"):
-        compare_model_sizes({1: {0.0: 1.0}, 2: {0.0: 1.0}}, regime="sideways")
     with pytest.raises(ValueError, match="bootstrap"):
         fit_scaling_curves([{"synthetic_fraction": 0, "token_budget": 10, "seed": 0, "loss": 1.0}], bootstrap=-1)
 

@@ -5,8 +5,6 @@
   loss with a 95% interval, compare with the measurement (and, with an exact entropy, the excess loss).
 - `cell_means`, `measured_gaps`: test loss per (p, n) over seeds, and L_p(n) − L_0(n) at one budget with a
   bootstrap-over-seeds interval.
-- `generation_trend`: the slope and R² of test loss against the generation index (Model Collapse Demystified:
-  iterated retraining on the previous generation's output makes the error grow linearly in the generation).
 """
 
 from __future__ import annotations
@@ -174,30 +172,6 @@ def measured_gaps(rows: list[dict], budget: int | None = None, draws: int = 1000
             gaps[_key(p)] = {"gap": cell["mean"] - base["mean"], "budget": n, "seeds": [cell["seeds"], base["seeds"]],
                              "gap_ci": _bootstrap_difference(cell["values"], base["values"], draws, seed)}
     return gaps
-
-
-def generation_trend(rows: list[dict]) -> dict:
-    """Ordinary least squares of test loss on the generation index over every row (all seeds).
-
-    slope_ci: 95% t-interval from the residuals; r2: of the line through the per-generation means (how linear the
-    growth is). Needs at least two generations; with as many rows as parameters there is no interval.
-    """
-    x = np.array([float(r["generation"]) for r in rows])
-    y = np.array([float(r["loss"]) for r in rows])
-    generations = sorted(set(x.tolist()))
-    means = np.array([y[x == g].mean() for g in generations])
-    slope, intercept = np.polyfit(x, y, 1)
-    dof = x.size - 2
-    slope_ci = None
-    if dof > 0 and np.ptp(x) > 0:
-        sigma = np.sqrt(np.sum((y - slope * x - intercept) ** 2) / dof)
-        half = t_distribution.ppf(0.975, dof) * sigma / np.sqrt(np.sum((x - x.mean()) ** 2))
-        slope_ci = [float(slope - half), float(slope + half)]
-    line = slope * np.array(generations) + intercept
-    total = float(np.sum((means - means.mean()) ** 2))
-    r2 = 1 - float(np.sum((means - line) ** 2)) / total if len(generations) > 2 and total > 0 else None
-    return {"generations": [int(g) for g in generations], "mean_loss": [float(m) for m in means],
-            "slope": float(slope), "slope_ci": slope_ci, "intercept": float(intercept), "r2": r2, "rows": int(x.size)}
 
 
 def excess_exponents(rows: list[dict], draws: int = 1000, seed: int = 0) -> dict:

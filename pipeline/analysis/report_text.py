@@ -123,20 +123,23 @@ def scaling_fit(fit: dict) -> list[str]:
 def linear_theory(fit: dict) -> list[str]:
     lines = ["## Linear theory: n → ∞ form vs finite-n form", "",
              "Strong Model Collapse's isotropic ridge model gives the gap E_p − E_0 = p²c² as n → ∞ and "
-             "(p² + p(1−p)u)c², u = φ/(1−φ), φ = d/n, at finite n. Both are fitted to the points below; the "
-             "finite-n form is preferred only when its extra term passes an F-test at the 5% level.", ""]
+             "(p² + p(1−p)u)c², u = φ/(1−φ), φ = d/n, at finite n. Both are fitted to the points below by generalised "
+             "least squares (the gaps share E_0 and, for plateaus, one exponent); the finite-n form is preferred only "
+             "when a parametric bootstrap of the likelihood ratio under u = 0 rejects the n → ∞ form at the 5% level. "
+             "On plateaus (n → ∞) φ = d/n is 0: a u fitted there is an extra term, not φ.", ""]
     for label, student in sorted(fit["students"].items()):
         theory = student["theory"]
         if not theory.get("fitted"):
             lines += [f"**{label}**: not fitted: {theory['why']}.", ""]
             continue
-        lines += [f"**{label}**, on {theory['source']}:", "",
-                  "| form | c² | u (φ) | R² | residuals by p |", "|---|---|---|---|---|"]
+        lines += [f"**{label}**, on {theory['source']}. Method: {theory['method']}.", "",
+                  "| form | c² | 95% interval | u (φ) | R² | residuals by p |", "|---|---|---|---|---|---|"]
         for form, name in (("asymptotic", "n → ∞: p²c²"), ("finite_n", "finite n: (p²+p(1−p)u)c²")):
             entry = theory[form]
             u = f"{num(entry.get('u'), '.3g')} ({num(entry.get('phi'), '.3g')})" if form == "finite_n" else "–"
             residuals = ", ".join(f"{p}: {r:+.4f}" for p, r in entry["residuals"].items())
-            lines.append(f"| {name} | {num(entry['c2'], '.4g')} | {u} | {num(entry['r2'], '.3f')} | {residuals} |")
+            lines.append(f"| {name} | {num(entry['c2'], '.4g')} | {interval(entry.get('c2_ci'), '.4g')} | {u} | "
+                         f"{num(entry['r2'], '.3f')} | {residuals} |")
         lines += ["", f"Verdict: {theory['verdict']}."]
         if theory.get("warning"):
             lines.append(f"> {theory['warning']}")
@@ -168,21 +171,29 @@ def model_sizes(fit: dict) -> list[str]:
         return ["## Model size", "", f"Not compared: {sizes.get('why', 'no comparison in fit.json')}.", ""]
     theory = sizes["theory"]
     names = {str(s["parameters"]): s["curve"] for s in sizes["sizes"]}
-    order = lambda sizes_: " < ".join(names.get(str(s), str(s)) for s in sizes_)
+    order = lambda sizes_: " < ".join(names.get(str(s), str(s)) for s in sizes_) or "–"
+    applies = theory["applies"]
+    agree = {True: "yes", False: "**no**", None: "–"}
     lines = ["## Model size", "",
              f"Sizes compared on {sizes['source']} (generation {sizes['generation']}); each order lists the "
-             "students from the smallest gap (or loss) to the largest. "
-             f"Method: {theory['method']}.", "",
-             "| p | observed gap order | predicted gap order | gaps agree | observed loss order "
-             "| predicted loss order | losses agree |",
-             "|---|---|---|---|---|---|---|"]
+             "students from the smallest gap (or loss) to the largest. The random-projection model predicts the gap "
+             "to grow with size below the interpolation threshold (parameters < tokens) and to shrink with size above "
+             f"it. Regime that applies: **{applies}** ({theory['regime_why']}). Method: {theory['method']}.", "",
+             "| p | observed gap order | predicted below threshold | predicted above threshold "
+             f"| agrees ({applies}) | observed loss order | predicted loss order ({applies}) | agrees |",
+             "|---|---|---|---|---|---|---|---|"]
     for p, entry in theory["fractions"].items():
-        agree = {True: "yes", False: "**no**", None: "–"}
+        predicted = entry["predicted"]
         lines.append(f"| {p} | {order(entry.get('observed_gap_order', []))} | "
-                     f"{order(entry.get('predicted_gap_order', []))} | "
-                     f"{agree[entry.get('gap_order_agrees')]} | {order(entry['observed_loss_order'])} | "
-                     f"{order(entry['predicted_loss_order'])} | {agree[entry['loss_order_agrees']]} |")
+                     f"{order(predicted['below'].get('gap_order', []))} | "
+                     f"{order(predicted['above'].get('gap_order', []))} | "
+                     f"{agree[predicted[applies].get('gap_order_agrees')]} | {order(entry['observed_loss_order'])} | "
+                     f"{order(predicted[applies]['loss_order'])} | {agree[predicted[applies]['loss_order_agrees']]} |")
     return lines + ["", f"Caveat: {theory['caveat']}.", ""]
+
+
+def _generation_verdict(finding: dict) -> str:
+    return _mark(finding["holds"]) + (f": {finding['why']}" if finding.get("why") else f": {finding.get('what', '')}")
 
 
 def generations(fit: dict) -> list[str]:
@@ -190,18 +201,22 @@ def generations(fit: dict) -> list[str]:
     trends = block.get("trends") or []
     if not trends:
         return []
+    margin = block.get("accumulate_margin")
     lines = ["## Generations", "",
              f"Teacher generation mode: {block.get('generate_mode') or 'not given'}. Model Collapse Demystified "
-             "predicts linear growth of the test error with the generation index under `replace`; the slope is "
-             "least squares over every row (95% t-interval), R² that of the line through the per-generation means.", "",
-             "| student | mix | p | n | generations | mean loss per generation | slope | 95% interval | R² | finding |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "predicts linear growth of the test error with the generation index under `replace`, a bounded error "
+             f"under `accumulate`. Method: {trends[0]['method']}; R² that of the same line. `replace` grows: one-sided "
+             "t-test, the slope's lower 95% bound above 0. `accumulate` bounded: two one-sided tests, the slope's 90% "
+             f"interval inside ±{num(margin, 'g')} nats per generation (fit.accumulate_margin).", "",
+             "| student | mix | p | n | generations (seeds) | mean loss per generation | slope | 95% interval "
+             "| 90% interval | R² | finding |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in trends:
-        finding = t["finding"]
-        verdict = _mark(finding["holds"]) + (f": {finding['why']}" if finding.get("why") else f": {finding.get('what', '')}")
-        lines.append(f"| {t['student']} | {t['mix_mode']} | {t['fraction']:g} | {t['budget']:,} | "
-                     f"{', '.join(map(str, t['generations']))} | {', '.join(f'{m:.4f}' for m in t['mean_loss'])} | "
-                     f"{t['slope']:+.4f} | {interval(t['slope_ci'])} | {num(t['r2'], '.3f')} | {verdict} |")
+        generations_seeds = ", ".join(f"{g} ({k})" for g, k in zip(t["generations"], t["seeds"]))
+        lines.append(f"| {t['student']} | {t['mix_mode']} | {t['fraction']:g} | {t['budget']:,} | {generations_seeds} | "
+                     f"{', '.join(f'{m:.4f}' for m in t['mean_loss'])} | {t['slope']:+.4f} | "
+                     f"{interval(t['slope_ci'])} | {interval(t['slope_ci90'])} | {num(t['r2'], '.3f')} | "
+                     f"{_generation_verdict(t['finding'])} |")
     return lines + [""]
 
 

@@ -278,6 +278,11 @@ class FitConfig(Section):
 
     shared_exponent: bool = Field(True, description="One A and alpha across fractions (else per fraction).")
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for intervals (0: none).")
+    accumulate_margin: float = Field(0.02, gt=0, description="Equivalence margin, nats/token per generation, for "
+                                     "'accumulate stays bounded': it holds when the 90% interval of the loss's slope "
+                                     "over generations lies inside ±margin. A slope interval that merely reaches 0 "
+                                     "would reward noisy runs; set the margin before the run (0.02: at most 0.1 "
+                                     "nats over five generations).")
 
 
 class ReportConfig(Section):

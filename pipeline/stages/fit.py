@@ -8,13 +8,15 @@ student (and one synthetic generation when the run mixes several). fit.json:
                       identification: per p, is E_p identified (>= 3 budgets, fit not at a bound), what is missing;
                       holdout: predict-then-verify on the largest budget (>= 4 budgets; `prediction.predict_heldout`);
                       theory: both forms of the linear theory on the plateaus (or, when those are not identified,
-                      on the loss at the largest budget), which one the points support (`theory_fit`);
+                      on the loss at the largest budget), GLS with the points' covariance (joint bootstrap draws of
+                      the plateaus, or the seed spread), which one the points support (`theory_fit`);
                       findings: the papers' qualitative claims, holds true / false / null (not testable: "why");
                       excess: with an exact entropy (builtin:reference-language), E_p minus it.
   curve_of_unit       evaluate unit id -> CURVE (how the report groups rows).
   collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci), measured_gap(+_ci) at the largest budget}.
-  model_sizes         {compared: bool, why | generation, source, sizes, theory: `compare_model_sizes`}.
-  generations         {generate_mode, trends: loss vs generation index per student x mix_mode x p x n}.
+  model_sizes         {compared: bool, why | generation, source, tokens, sizes, theory: `compare_model_sizes`}.
+  generations         {generate_mode, accumulate_margin, trends: loss vs generation index per student x mix_mode x
+                      p x n, slope from the per-generation means (`generations`), finding per the generate mode}.
   tails               per corpus: Zipf beta of human and synthetic words, the cutoff top-p implies.
 """
 
@@ -24,14 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, prediction, theory_fit
+from pipeline.analysis import fitting, generations, prediction, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 
 NAME = "fit"
-VERSION = 3
-MODES = {"replace": "grows", "accumulate": "bounded"}
+VERSION = 4
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -68,7 +69,7 @@ def run(ctx) -> dict[str, Any]:
         "curve_of_unit": {row["unit"]: label for label, curve_rows in curves.items() for row in curve_rows},
         "collapse_gap": collapse_gap(students),
         "model_sizes": compare_sizes(students),
-        "generations": generation_trends(rows, ctx.params.get("generate_mode")),
+        "generations": generation_trends(rows, ctx.params.get("generate_mode"), params.get("accumulate_margin")),
         "tails": fit_tails(ctx.inputs, ctx.params.get("sampling") or {}),
         "reference_language": prediction.exact_entropy(rows) is not None,
         "n_rows": len(rows),
@@ -117,7 +118,11 @@ def mean_loss_table(rows: list[dict]) -> dict[str, dict[str, dict]]:
 
 
 def fit_theory(rows: list[dict], curves: dict, identified: bool) -> dict[str, Any]:
-    """The linear theory on the plateaus when they are identified, else on the mean loss at the largest budget."""
+    """The linear theory on the plateaus when they are identified, else on the mean loss at the largest budget.
+
+    The points' covariance: from the plateau fit's joint bootstrap draws ("plateau_draws", one row of E_p per
+    draw over "fractions"), or for losses at one budget from the seeds; without it the forms are not compared.
+    """
     if identified:
         points, source, budget = fitting.plateaus_from_fit(curves), "fitted plateaus E_p", None
     else:
@@ -128,8 +133,13 @@ def fit_theory(rows: list[dict], curves: dict, identified: bool) -> dict[str, An
     if 0.0 not in points or len(points) < 2:
         return {"fitted": False, "source": source,
                 "why": "needs p = 0 and at least one p > 0" + (f" measured at n = {budget:,}" if budget else "")}
+    if identified:
+        covariance = theory_fit.gap_covariance_from_draws(curves.get("plateau_draws"),
+                                                          curves.get("fractions") or sorted(points))
+    else:
+        covariance = theory_fit.gap_covariance_from_seeds({p: cells[(p, budget)]["values"] for p in points})
     return {"fitted": True, "source": source, "budget": budget, "points": {f"{p:g}": v for p, v in points.items()},
-            **theory_fit.fit_linear_theory(points)}
+            **theory_fit.fit_linear_theory(points, covariance, plateaus=identified)}
 
 
 def _verdict(holds: bool | None, values: list[float], what: str, why: str | None = None) -> dict[str, Any]:
@@ -204,24 +214,25 @@ def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
     sized = {label: s for label, s in students.items() if s.get("parameters") and s["generation"] == generation}
     if len({s["parameters"] for s in sized.values()}) < len(sized) or len(sized) < 2:
         return {"compared": False, "why": "needs at least two students of different parameter counts"}
+    budget = min(max(s["budgets"]) for s in sized.values())
     if all(s["identification"]["identified"] for s in sized.values()):
-        source = "fitted plateaus E_p"
+        source = (f"fitted plateaus E_p (n -> infinity, where every size is below the threshold; the regime below "
+                  f"is that of the budgets they were fitted on, up to n = {budget:,})")
         values = {s["parameters"]: fitting.plateaus_from_fit(s["curves"]) for s in sized.values()}
     else:
-        budget = min(max(s["budgets"]) for s in sized.values())
         source = f"mean test loss at n = {budget:,} (the plateaus are not all identified)"
         values = {s["parameters"]: {float(p): c["mean"] for p, c in s["mean_loss"].get(str(budget), {}).items()}
                   for s in sized.values()}
     common = set.intersection(*(set(v) for v in values.values()))
     if 0.0 not in common or len(common) < 2:
         return {"compared": False, "why": f"the students share no p = 0 and p > 0 pair in {source}"}
-    return {"compared": True, "generation": generation, "source": source,
+    return {"compared": True, "generation": generation, "source": source, "tokens": budget,
             "sizes": [{"curve": label, "student": s["student"], "parameters": s["parameters"]}
                       for label, s in sorted(sized.items(), key=lambda kv: kv[1]["parameters"])],
-            "theory": theory_fit.compare_model_sizes(values)}
+            "theory": theory_fit.compare_model_sizes(values, tokens=budget)}
 
 
-def generation_trends(rows: list[dict], generate_mode: str | None) -> dict[str, Any]:
+def generation_trends(rows: list[dict], generate_mode: str | None, margin: float | None) -> dict[str, Any]:
     """Loss vs generation index for every student x mix mode x p x n measured at two generations or more."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
@@ -232,23 +243,19 @@ def generation_trends(rows: list[dict], generate_mode: str | None) -> dict[str, 
         if len({r.get("generation", 0) for r in group}) < 2:
             continue
         trend = {"student": student, "mix_mode": mix_mode, "fraction": p, "budget": n,
-                 **prediction.generation_trend(group)}
-        trend["finding"] = _generation_finding(trend, generate_mode)
+                 **generations.generation_trend([{**r, "generation": r.get("generation", 0)} for r in group])}
+        trend["finding"] = _generation_finding(trend, generate_mode, margin)
         trends.append(trend)
-    return {"generate_mode": generate_mode, "trends": trends}
+    return {"generate_mode": generate_mode, "accumulate_margin": margin, "trends": trends}
 
 
-def _generation_finding(trend: dict, generate_mode: str | None) -> dict[str, Any]:
-    """replace: the loss grows (slope interval above 0); accumulate: no significant growth (interval reaches 0)."""
-    ci = trend["slope_ci"]
-    if generate_mode not in MODES:
-        return {"holds": None, "why": "the teacher's generate mode is not known to this fit (params generate_mode)"}
-    if ci is None:
-        return {"holds": None, "why": "no interval for the slope (as many rows as parameters)"}
+def _generation_finding(trend: dict, generate_mode: str | None, margin: float | None) -> dict[str, Any]:
+    """replace: the loss grows (one-sided test of the slope); accumulate: it stays within ±margin (equivalence)."""
     if generate_mode == "replace":
-        return {"holds": ci[0] > 0, "what": "replace: test loss grows with the generation index (slope > 0)"}
-    return {"holds": ci[0] <= 0, "what": "accumulate: no significant growth with the generation index "
-            "(slope interval reaches 0 or below; a few generations cannot show boundedness beyond that)"}
+        return generations.growth(trend)
+    if generate_mode == "accumulate":
+        return generations.boundedness(trend, margin)
+    return {"holds": None, "why": "the teacher's generate mode is not known to this fit (params generate_mode)"}
 
 
 def fit_tails(inputs: dict[str, Path], sampling: dict) -> dict[str, Any]:
