@@ -36,22 +36,23 @@ def rank_frequency(counts: Counter | Iterable[int]) -> np.ndarray:
     return np.sort(np.fromiter(values, dtype=np.int64))[::-1]
 
 
-def zipf_exponent(counts: Counter | Iterable[int], min_count: int = ZIPF_MIN_COUNT) -> float:
+def zipf_exponent(counts: Counter | Iterable[int], min_count: int = ZIPF_MIN_COUNT) -> float | None:
     """s in f(r) ~ r^-s: least squares of log count on log rank, over log-spaced ranks with count >= min_count.
 
     Log spacing gives every decade of ranks the same weight (otherwise the long tail of rare types,
-    thousands of points, would decide the fit). NaN when fewer than 3 types reach min_count.
+    thousands of points, would decide the fit). None (JSON null: undefined, never NaN, which JSON has not)
+    when fewer than 3 types reach min_count; so are the other statistics here without a denominator.
     """
     sorted_counts = rank_frequency(counts)
     sorted_counts = sorted_counts[sorted_counts >= min_count]
     if len(sorted_counts) < 3:
-        return float("nan")
+        return None
     picks = np.unique(np.round(np.geomspace(1, len(sorted_counts), ZIPF_POINTS)).astype(np.int64)) - 1
     slope = np.polyfit(np.log(picks + 1.0), np.log(sorted_counts[picks].astype(float)), 1)[0]
     return float(-slope)
 
 
-def distinct_n(documents: Sequence[Sequence[Hashable]], n: int) -> float:
+def distinct_n(documents: Sequence[Sequence[Hashable]], n: int) -> float | None:
     """Distinct n-grams / all n-grams over the corpus (n-grams never cross a document boundary)."""
     seen: set = set()
     total = 0
@@ -59,13 +60,13 @@ def distinct_n(documents: Sequence[Sequence[Hashable]], n: int) -> float:
         grams = list(zip(*(doc[i:] for i in range(n))))
         total += len(grams)
         seen.update(grams)
-    return len(seen) / total if total else float("nan")
+    return len(seen) / total if total else None
 
 
-def type_coverage(units: Iterable[Hashable], reference_types: set) -> float:
+def type_coverage(units: Iterable[Hashable], reference_types: set) -> float | None:
     """Share of the reference's types that occur in `units` (e.g. human test words seen in synthetic text)."""
     if not reference_types:
-        return float("nan")
+        return None
     return len(reference_types & set(units)) / len(reference_types)
 
 
@@ -75,11 +76,11 @@ def reference_ranks(counts: Counter) -> dict[Hashable, int]:
     return {unit: rank for rank, (unit, _) in enumerate(ordered, start=1)}
 
 
-def tail_mass(counts: Counter, ranks: dict[Hashable, int], tail_rank: int) -> tuple[float, float]:
+def tail_mass(counts: Counter, ranks: dict[Hashable, int], tail_rank: int) -> tuple[float | None, float | None]:
     """(share of tokens whose type is beyond reference rank `tail_rank` or unseen, share that is unseen)."""
     total = sum(counts.values())
     if total == 0:
-        return float("nan"), float("nan")
+        return None, None
     unseen = sum(c for unit, c in counts.items() if unit not in ranks)
     beyond = sum(c for unit, c in counts.items() if ranks.get(unit, math.inf) > tail_rank)
     return beyond / total, unseen / total

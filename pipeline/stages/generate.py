@@ -169,10 +169,11 @@ def run_corpus(ctx) -> dict[str, Any]:
     from pipeline.lm.diagnostics import without_arrays
 
     synthetic = diagnostics["synthetic"]
-    ctx.log.info("generate %s: %d documents (%d held out), %d blocks; Zipf words %.3f (human %.3f), tail mass %.4f "
-                 "(human %.4f), test-type coverage %.3f", ctx.unit.id, len(texts), int(held.sum()), packed["blocks"],
-                 synthetic["zipf_word"], diagnostics["human"]["zipf_word"], synthetic["tail_mass"],
-                 diagnostics["human"]["tail_mass"], synthetic["human_test_type_coverage"])
+    human, shown = diagnostics["human"], lambda value, digits: "-" if value is None else f"{value:.{digits}f}"
+    ctx.log.info("generate %s: %d documents (%d held out), %d blocks; Zipf words %s (human %s), tail mass %s "
+                 "(human %s), test-type coverage %s", ctx.unit.id, len(texts), int(held.sum()), packed["blocks"],
+                 shown(synthetic["zipf_word"], 3), shown(human["zipf_word"], 3), shown(synthetic["tail_mass"], 4),
+                 shown(human["tail_mass"], 4), shown(synthetic["human_test_type_coverage"], 3))
     return {"generation": params["generation"], "documents": len(texts), "heldout_documents": int(held.sum()),
             "teacher_tokens": sum(m["tokens"] for m in shard_metrics),
             "sampling_seconds": sum(m["seconds"] for m in shard_metrics),
