@@ -1,4 +1,5 @@
-"""The `slurm_cluster` fixture: a real two-node Slurm on localhost for tests marked `slurm`.
+"""The test process's CPU start-up (as the CLI's), and the `slurm_cluster` fixture: a real two-node Slurm
+on localhost for tests marked `slurm`.
 
 Started once per session, as root: a private munged (own socket, so it never touches a system one),
 slurmctld, and two slurmd (node1, node2, both this machine) with tests/slurm/slurm.conf.in rendered
@@ -9,7 +10,19 @@ COLLAPSE_REQUIRE_SLURM=1 (CI) turns that skip into a failure.
 
 from __future__ import annotations
 
-import os
+import sys
+
+TORCH_LOADED_BEFORE_START_UP = "torch" in sys.modules
+
+# The test process starts like the CLI, before anything loads torch: MKL reads MKL_CBWR once, at its first
+# call, so a reference computed in-process after some test had already run a matmul without it would be
+# rounded differently from the children (which always start with it) on CPUs where MKL's default path is
+# not reproducible (Intel). One start-up for every process keeps verdicts independent of vendor and order.
+from pipeline.orchestration.cpu_startup import start_up  # noqa: E402
+
+CPU_START_UP = start_up()
+
+import os  # noqa: E402
 import shutil
 import signal
 import socket
@@ -128,3 +141,13 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = old_conf
         shutil.rmtree(state, ignore_errors=True)
+
+
+def pytest_configure(config):
+    if TORCH_LOADED_BEFORE_START_UP:
+        raise pytest.UsageError("torch was imported before tests/conftest.py could fix MKL's reproducible mode "
+                                "(a pytest plugin or -p option loads it): run without it")
+
+
+def pytest_report_header(config):
+    return f"cpu start-up: {CPU_START_UP}"

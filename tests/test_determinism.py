@@ -28,34 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_helpers import churn_allocator  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB, EOS = 2048, 0
-
-
-def _churn(torch) -> None:
-    """What a process that resumed a run has done before it samples: allocate and free odd-sized
-    buffers of every scale, and train a little (optimizer state, autograd buffers, freed logits)."""
-    kept = []
-    for i in range(300):
-        size = 1 + (i * 7919) % 100_003 + (i % 7) * 300_007  # 4 B to 10 MB, odd sizes
-        tensor = torch.empty(size, dtype=torch.float32 if i % 3 else torch.float64).fill_(1.0)
-        if i % 10 == 0:
-            kept.append(tensor)  # some stay, so later buffers land elsewhere
-    from pipeline.orchestration.cpu_startup import tune_cpu_allocator
-
-    tune_cpu_allocator()  # what the training loop did before the fix (a no-op when start-up did it)
-    model = _model(torch, seed=1).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        ids = torch.randint(1, VOCAB, (8, 64), generator=generator)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    del model, optimizer
-    kept = kept[::2]
 
 
 def _model(torch, seed: int = 0):
@@ -82,7 +59,7 @@ def worker(out: Path, churn: bool, startup: bool) -> None:
 
     torch.set_num_threads(int(os.environ.get("DETERMINISM_THREADS", "2")))
     if churn:
-        _churn(torch)
+        churn_allocator(torch, _model(torch, seed=1))
     model = _model(torch)
     generator = torch.Generator().manual_seed(3)
     with torch.inference_mode():

@@ -74,6 +74,31 @@ def run_training(out_dir: Path, threads: int = 1, **overrides) -> dict:
         torch.set_num_threads(previous)
 
 
+def churn_allocator(torch, model) -> None:
+    """What a process with a history has done before the measured work: allocate and free odd-sized buffers of
+    every scale, and train `model` a little (optimizer state, autograd buffers, freed logits), so that later
+    buffers land at other addresses and alignments than in a fresh process."""
+    kept = []
+    for i in range(300):
+        size = 1 + (i * 7919) % 100_003 + (i % 7) * 300_007  # 4 B to 10 MB, odd sizes
+        tensor = torch.empty(size, dtype=torch.float32 if i % 3 else torch.float64).fill_(1.0)
+        if i % 10 == 0:
+            kept.append(tensor)  # some stay, so later buffers land elsewhere
+    from pipeline.orchestration.cpu_startup import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the training loop does (a no-op when start-up did it)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        ids = torch.randint(1, model.config.vocab_size, (8, min(64, model.config.n_positions)), generator=generator)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    del kept[::2]
+
+
 def _parse(value: str):
     try:
         return json.loads(value)
@@ -82,6 +107,9 @@ def _parse(value: str):
 
 
 if __name__ == "__main__":
+    from pipeline.orchestration.cpu_startup import start_up
+
+    start_up()  # as every CLI process starts: before torch loads
     out = Path(sys.argv[1])
     overrides = dict(arg.split("=", 1) for arg in sys.argv[2:])
     metrics = run_training(out, **{k: _parse(v) for k, v in overrides.items()})

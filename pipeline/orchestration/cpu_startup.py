@@ -14,9 +14,9 @@ It only works if applied before `import torch` (torch binds the symbol when it i
 LD_PRELOAD so child processes (accelerate workers) get it. Opt out with COLLAPSE_FAST_MKL=0. A no-op on
 non-AMD CPUs, without a C compiler, or once torch is imported.
 
-Reproducibility (issue 13, finding 15): a generate shard regenerated in a process with another history
-(one that had trained first) differed from the uninterrupted run in a few documents. Two things made
-the processes differ and are made equal here, for every process, at start-up (`start_up`):
+Reproducibility: a unit redone in a process with another history (one that had trained first) must give
+the same bytes as in a fresh one. Two things can make processes differ and are made equal here, for every
+process (the CLI, its children, the test suite), at start-up (`start_up`):
   - MKL picks kernels and blocking per call and may round differently depending on the alignment of
     the buffers it gets; it only promises run-to-run identical results in conditional numerical
     reproducibility mode. `reproducible_mkl()` sets MKL_CBWR=AUTO,STRICT (the fastest code path for the
@@ -41,6 +41,8 @@ from pathlib import Path
 
 SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
 CBWR = "AUTO,STRICT"  # MKL's conditional numerical reproducibility: best code path for this CPU, deterministic
+CBWR_AUTO_STRICT = 0x10002  # what mkl_cbwr_get(MKL_CBWR_ALL) returns for CBWR (MKL_CBWR_AUTO | MKL_CBWR_STRICT)
+MKL_CBWR_ALL = -1
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = (1 << 31) - 1
@@ -114,7 +116,7 @@ def enable_fast_mkl_on_amd() -> str:
 
 
 def reproducible_mkl() -> str:
-    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, when it loads).
+    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, at its first call).
 
     COLLAPSE_MKL_CBWR=0 leaves MKL in its default mode: the numerics of releases before this setting
     (rounding differs at the 1e-7 level, which a few hundred optimizer steps amplify to ~1e-3 in loss).
@@ -127,6 +129,22 @@ def reproducible_mkl() -> str:
     if "torch" in sys.modules:
         return f"MKL_CBWR={CBWR} for child processes only: torch was imported first"
     return f"MKL_CBWR={CBWR}"
+
+
+def mkl_cbwr_mode() -> int | None:
+    """MKL's reproducibility setting as MKL reports it (MKL_CBWR_* bits; AUTO,STRICT = 0x10002), None without MKL.
+
+    MKL fixes the setting at its first call, so this tells whether MKL_CBWR was in place in time. It asks
+    `mkl_serv_cbwr_get`, the function behind mkl_cbwr_get that torch's statically linked MKL exports.
+    """
+    import torch
+
+    try:
+        get = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    return int(get(MKL_CBWR_ALL))
 
 
 def tune_cpu_allocator() -> str:
