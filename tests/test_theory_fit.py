@@ -131,6 +131,7 @@ def test_covariance_from_draws_is_the_covariance_of_the_gaps():
     assert covariance["dof"] == 20000 - 2
     assert gap_covariance_from_draws(None, shuffled) is None
     assert gap_covariance_from_draws(draws[:5], shuffled) is None, "too few draws to estimate a covariance"
+    assert gap_covariance_from_draws(np.ones((50, 5)), shuffled) is None, "draws that do not vary"
     with pytest.raises(ValueError, match="one per fraction"):
         gap_covariance_from_draws(draws[:, :3], shuffled)
 
@@ -143,6 +144,7 @@ def test_covariance_from_seeds_pools_the_cells_and_shares_the_clean_mean():
                                [[pooled * (1 / 2 + 1 / 3), pooled / 3], [pooled / 3, pooled * (1 / 2 + 1 / 3)]])
     assert covariance["dof"] == 4
     assert gap_covariance_from_seeds({0.0: [1.0], 0.5: [2.0]}) is None, "one seed per cell: no variance"
+    assert gap_covariance_from_seeds({0.0: [1.0, 1.0], 0.5: [2.0, 2.0]}) is None, "seeds that agree exactly"
 
 
 def test_interpolation_regime_follows_parameters_against_tokens():

@@ -50,7 +50,7 @@ def gap_covariance_from_draws(draws, fractions) -> dict | None:
     """Covariance of the gaps E_p − E_0 (p > 0, ascending) from joint bootstrap draws of the plateau vector.
 
     draws: B rows, one value per fraction in `fractions`' order; rows with a non-finite value are dropped.
-    None when the draws are absent or fewer than MIN_DRAWS remain.
+    None when the draws are absent, fewer than MIN_DRAWS remain, or they do not vary.
     """
     if draws is None or fractions is None:
         return None
@@ -64,7 +64,10 @@ def gap_covariance_from_draws(draws, fractions) -> dict | None:
         return None
     order = [i for i in np.argsort(p) if p[i] > 0]
     gaps = values[:, order] - values[:, [int(np.flatnonzero(p == 0.0)[0])]]
-    return {"matrix": np.atleast_2d(np.cov(gaps, rowvar=False)), "dof": values.shape[0] - 1,
+    matrix = np.atleast_2d(np.cov(gaps, rowvar=False))
+    if not np.any(np.diag(matrix) > 0):
+        return None
+    return {"matrix": matrix, "dof": values.shape[0] - 1,
             "source": f"joint bootstrap of the plateaus ({values.shape[0]} draws)"}
 
 
@@ -73,15 +76,15 @@ def gap_covariance_from_seeds(values_by_fraction) -> dict | None:
 
     Cells are independent students, so Var(L̄_p − L̄_0) = s²(1/k_p + 1/k_0) and two gaps share s²/k_0 through L̄_0.
     s² is the within-cell variance pooled over cells: two seeds give one degree of freedom per cell, too few for a
-    variance of its own. None with one seed per cell (no degree of freedom).
+    variance of its own. None with one seed per cell (no degree of freedom) or seeds that agree exactly.
     """
     values = {float(p): np.asarray(v, dtype=float) for p, v in dict(values_by_fraction).items()}
     if 0.0 not in values:
         raise ValueError("values_by_fraction must contain the clean fraction 0")
     dof = sum(v.size - 1 for v in values.values())
-    if dof == 0:
+    pooled = sum(float(np.sum((v - v.mean()) ** 2)) for v in values.values()) / dof if dof else 0.0
+    if pooled <= 0:
         return None
-    pooled = sum(float(np.sum((v - v.mean()) ** 2)) for v in values.values()) / dof
     counts = np.array([values[p].size for p in sorted(values) if p > 0])
     matrix = pooled * (np.diag(1 / counts) + 1 / values[0.0].size)
     return {"matrix": matrix, "dof": dof, "source": f"seed spread pooled over cells ({dof} degrees of freedom)"}
@@ -157,7 +160,7 @@ def _c2_interval(design: np.ndarray, target: np.ndarray, dof: int | None) -> lis
     c2 = float((inverse @ design.T @ target)[0])
     quantile = t_distribution.ppf(0.975, dof) if dof else 1.959963984540054
     half = quantile * math.sqrt(max(float(inverse[0, 0]), 0.0))
-    return [max(c2 - half, 0.0), max(c2 + half, 0.0)]
+    return [float(max(c2 - half, 0.0)), float(max(c2 + half, 0.0))]
 
 
 # ------------------------------------------------------------------------------------------ the two forms
