@@ -89,8 +89,8 @@ def boundedness(trend: dict, margin: float | None) -> dict:
     p_value = max(float(t_distribution.sf((slope + margin) / se, dof)),
                   float(t_distribution.cdf((slope - margin) / se, dof))) if se > 0 else float(abs(slope) >= margin)
     entry = {"margin": float(margin), "p_value": p_value,
-             "what": f"accumulate: slope within ±{margin:g} nats per generation (90% interval "
-                     f"[{low:+.4f}, {high:+.4f}], equivalence p = {p_value:.3g})"}
+             "what": f"accumulate: slope within ±{margin:g} nats per generation; its 90% interval is "
+                     f"[{low:+.4f}, {high:+.4f}], equivalence p = {p_value:.3g}"}
     if -margin < low and high < margin:
         return {"holds": True, **entry}
     if low > margin:

@@ -216,8 +216,8 @@ def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
         return {"compared": False, "why": "needs at least two students of different parameter counts"}
     budget = min(max(s["budgets"]) for s in sized.values())
     if all(s["identification"]["identified"] for s in sized.values()):
-        source = (f"fitted plateaus E_p (n -> infinity, where every size is below the threshold; the regime below "
-                  f"is that of the budgets they were fitted on, up to n = {budget:,})")
+        source = (f"fitted plateaus E_p (extrapolated to n -> infinity, where every size would fall below the "
+                  f"threshold; the regime is decided at the largest budget they were fitted on, n = {budget:,})")
         values = {s["parameters"]: fitting.plateaus_from_fit(s["curves"]) for s in sized.values()}
     else:
         source = f"mean test loss at n = {budget:,} (the plateaus are not all identified)"
