@@ -7,6 +7,7 @@
     collapse stage STAGE CONFIG --unit ID     one unit (what Slurm array tasks and accelerate workers run)
     collapse submit CONFIG [--dry-run]        job arrays on a Slurm cluster
     collapse theory ...                       predictions and figures of the linear theory
+    collapse floor RUN_DIR                    the loss floor predicted from P and the teacher, before students train
 
 Bad input of any kind prints one line `collapse: error: ...` and exits 2 before anything is written.
 """
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of stages")
     p.add_argument("--dry-run", action="store_true", help="render the sbatch scripts, submit nothing")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("floor", help="predict the mixture's loss floor from P and the finished teacher (reference language)")
+    p.add_argument("run_dir", help="runs/NAME")
+    p.set_defaults(func=cmd_floor)
 
     try:
         from pipeline.theory.cli import add_parser as add_theory_parser
@@ -215,6 +220,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Saved only once every script rendered (and sbatch was found): a refused submit writes nothing.
     return SlurmLauncher().submit(cfg, executor, selected, resolved_config_path(cfg),
                                   save_config=lambda: save_resolved_config(cfg), dry_run=args.dry_run)
+
+
+def cmd_floor(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.floor import predict_floor
+
+    cfg = _run_dir_config(Path(args.run_dir))
+    _quiet_library_progress(disable_ours=True)
+    print(predict_floor(cfg, _executor(cfg)))
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------- helpers
