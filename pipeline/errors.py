@@ -1,6 +1,8 @@
 """Bad input and exit codes: what the CLI, the executor, the training loop and the sbatch templates agree on."""
 
 import errno
+import os
+import re
 from enum import IntEnum
 
 
@@ -17,6 +19,7 @@ class ExitCode(IntEnum):
     NOT_DONE = 3  # `collapse stage`: the unit was locked by another live process / is still running elsewhere
     REQUEUE = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; rerun (requeue) to resume
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    BROKEN_PIPE = 141  # stdout closed by its reader (`collapse status | head`): 128 + SIGPIPE, as a Unix tool ends
 
 
 # Disk conditions a user fixes (not bugs, not a unit's failure): the sweep stops and the CLI prints one
@@ -30,3 +33,17 @@ DISK_ERRORS = {errno.EROFS: "the run directory must be writable (runs_dir: to wr
 def is_disk_error(exc: BaseException) -> bool:
     """An OSError the user fixes on the disk (read-only, no permission, full, over quota)."""
     return isinstance(exc, OSError) and exc.errno in DISK_ERRORS
+
+
+# Rust's io::Error as a library written in Rust reports it in its own exception type (safetensors'
+# SafetensorError: "Error while serializing: I/O error: No space left on device (os error 28)").
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def wrapped_disk_error(exc: BaseException) -> OSError | None:
+    """The disk error a library reported in another exception type, as the OSError it was; None if none."""
+    if isinstance(exc, OSError):
+        return None
+    match = _RUST_OS_ERROR.search(str(exc))
+    code = int(match.group(1)) if match else None
+    return OSError(code, os.strerror(code)) if code in DISK_ERRORS else None

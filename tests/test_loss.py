@@ -104,6 +104,6 @@ def test_unknown_or_missing_tracker_is_a_config_error():
     from pipeline.lm.training.logs import check_trackers, flat_config
 
     assert check_trackers(["tensorboard", "tensorboard"]) == ["tensorboard"]
-    with pytest.raises(UserError, match=r"train.trackers: unknown tracker 'tensorbord'; valid values: tensorboard"):
+    with pytest.raises(UserError, match=r"training\.trackers: unknown tracker 'tensorbord'; valid values: tensorboard"):
         check_trackers(["tensorbord"])
     assert flat_config({"a": {"b": 1, "c": None}, "d": [1, 2]}) == {"a.b": 1, "a.c": "null", "d": "[1, 2]"}

@@ -1,7 +1,9 @@
 """Reading a config: YAML (never executed), `base:` chains, `--set` overrides, one-line errors.
 
-A config is data, never code: YAML is read with `safe_load`, `base:` chains are merged as dicts,
-`--set key.path=value` overrides are parsed as YAML scalars. Any error becomes one line naming the
+A config is data, never code: YAML is read with a safe loader, `base:` chains are merged as dicts,
+`--set key.path=value` overrides are parsed as YAML scalars. Booleans are YAML 1.2's (true/false only):
+YAML 1.1 also reads yes/no/on/off as booleans, which turns `report.title: no` or `compile: off` into
+False; here they stay strings, and a boolean field still takes them (pydantic reads "no" as False). Any error becomes one line naming the
 file (or the --set item), the key path and what would be valid (`ConfigError`, a `UserError`: the CLI
 exits 2 before anything is written).
 """
@@ -22,6 +24,21 @@ from pipeline.config.schema import Config, TrainingConfig
 # config gets one line naming the new key instead of being silently accepted or half-read.
 _MOVED_TEACHER = {"pretrained": "teacher.model.pretrained", "finetune": "teacher.model.finetune",
                   "lora": "teacher.model.lora", "trust_remote_code": "teacher.model.trust_remote_code"}
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (true/false in any common case); yes/no/on/off stay strings."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ConfigYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigYamlLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigYamlLoader)  # noqa: S506  (a SafeLoader subclass: data only)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -79,7 +96,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in chain:
         raise ConfigError(f"{path}: base chain loops back to itself ({' -> '.join(map(str, chain))})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -113,7 +130,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
         raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. --set mix.token_budgets=[50000,200000]")
     try:
-        return key, yaml.safe_load(text) if text else ""
+        return key, _parse_yaml(text) if text else ""
     except yaml.YAMLError:
         raise ConfigError(f"--set {item}: value is not valid YAML") from None
 

@@ -8,15 +8,26 @@ Sections nest instead of inheriting: `teacher.model` and each of `train.students
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, Strict, field_validator, model_validator
 
 from pipeline.config.base import STAGES, Section, StageName
+from pipeline.config.paths import pretrained_problem
 from pipeline.config.slurm import SlurmConfig
 from pipeline.lm.presets import PRESETS, model_dims
+from pipeline.lm.training.logs import tracker_problem
 
 from pipeline.data.sources import SCHEMES as SOURCE_SCHEMES  # noqa: E402  (one list, in the data layer)
+
+# Every seed: what numpy's generators take (0 <= seed < 2**32), checked when the config is read; strict,
+# so that `true` is refused rather than read as seed 1.
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
+
+# Counts no machine reaches: a typo (epochs 1e30) is refused when the config is read instead of training
+# forever. 10**14 tokens is several times the largest published training run (~1.5 * 10**13).
+MAX_TOKENS = 10**14
+MAX_EPOCHS = 10_000
 
 
 # ---------------------------------------------------------------- data
@@ -30,7 +41,7 @@ class ReferenceLanguageConfig(Section):
     documents: int = Field(3000, ge=10, description="Documents to generate (before the split).")
     mean_sentence_words: float = Field(10.0, gt=1.0, description="Mean words per sentence.")
     mean_document_sentences: float = Field(6.0, gt=1.0, description="Mean sentences per document.")
-    seed: int = Field(0, description="Seed of the lexicon and of the sampled documents.")
+    seed: Seed = Field(0, description="Seed of the lexicon and of the sampled documents (0 <= seed < 2**32).")
 
 
 class CorpusConfig(Section):
@@ -48,7 +59,7 @@ class CorpusConfig(Section):
     txt_mode: Literal["blocks", "file"] = Field("blocks", description="files: .txt: one document per blank-line block, or per file.")
     validation_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out for validation.")
     test_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share held out for test (never trained on).")
-    seed: int = Field(0, description="Seed of the document split.")
+    seed: Seed = Field(0, description="Seed of the document split (0 <= seed < 2**32).")
     reference: ReferenceLanguageConfig = Field(default_factory=ReferenceLanguageConfig)
 
     @field_validator("source")
@@ -67,6 +78,9 @@ class TokenizerConfig(Section):
     kind: Literal["bpe", "pretrained"] = Field("bpe", description="bpe (train one) | pretrained (load one).")
     vocab_size: int = Field(4096, ge=300, description="Vocabulary size of a trained BPE (>= 300: 256 bytes + merges).")
     path: str | None = Field(None, description="Pretrained tokenizer path/hub id; default: the teacher's pretrained model.")
+
+    _tokenizer_exists = field_validator("path")(
+        lambda cls, v: _valid_unless(v and pretrained_problem(v, needs=("tokenizer_config.json", "tokenizer.json")), v))
 
 
 class PackingConfig(Section):
@@ -105,6 +119,9 @@ class ModelConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the checkpoint (off: safer).")
 
+    _checkpoint_exists = field_validator("pretrained")(
+        lambda cls, v: _valid_unless(v and pretrained_problem(v, needs=("config.json",)), v))
+
     @model_validator(mode="after")
     def _known_size(self) -> "ModelConfig":
         if self.pretrained is None and self.size is not None and self.size not in PRESETS[self.family]:
@@ -139,9 +156,9 @@ class ModelConfig(Section):
 class TrainingConfig(Section):
     """How one model trains (a student or the scratch teacher): one loop, shared."""
 
-    epochs: float | None = Field(1.0, gt=0, description="Passes over the unit's data (ignored when tokens is set).")
-    tokens: int | None = Field(None, gt=0, description="Train for this many tokens instead of epochs.")
-    min_tokens: int | None = Field(None, gt=0, description="Train for at least this many tokens: more epochs on a small unit's data, so that a small budget's student is limited by its data, not by too few optimizer steps (with keep_best, the best epoch is kept).")
+    epochs: float | None = Field(1.0, gt=0, le=MAX_EPOCHS, description=f"Passes over the unit's data (ignored when tokens is set; at most {MAX_EPOCHS:,}).")
+    tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description=f"Train for this many tokens instead of epochs (at most {MAX_TOKENS:.0e}).")
+    min_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS, description=f"Train for at least this many tokens: more epochs on a small unit's data, so that a small budget's student is limited by its data, not by too few optimizer steps (with keep_best, the best epoch is kept; at most {MAX_TOKENS:.0e}).")
     batch_size: int = Field(8, ge=1, description="Global batch in blocks per optimizer step (all processes).")
     micro_batch_size: int | None = Field(None, ge=1, description="Blocks per process per forward; default: batch_size / processes (accumulates the rest).")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
@@ -159,7 +176,9 @@ class TrainingConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints while training.")
     log_every: int = Field(10, ge=1, description="Log loss, lr, tokens/s, MFU every N steps.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model: auto = on for CUDA, off on CPU (where it does not pay).")
-    trackers: list[str] = Field(["tensorboard"], description="Accelerate trackers (log_with): tensorboard, wandb, mlflow, aim, comet_ml; offline by default; [] for none.")
+    trackers: list[str] = Field(["tensorboard"], description="Accelerate trackers (log_with): tensorboard, wandb, mlflow, aim, comet_ml (installed); offline by default; [] for none.")
+
+    _known_trackers = field_validator("trackers")(lambda cls, v: _valid_unless(tracker_problem(v), v))
 
     # How often we log, checkpoint or compile, and where metrics go, does not change the model: these
     # are settings (not fingerprinted), so changing them never redoes a finished unit.
@@ -201,7 +220,7 @@ class TeacherConfig(Section):
 class GenerateConfig(Section):
     """Sampling synthetic text from the teacher, over one or more generations."""
 
-    tokens: int = Field(300_000, gt=0, description="Synthetic tokens to write per generation.")
+    tokens: int = Field(300_000, gt=0, le=MAX_TOKENS, description=f"Synthetic tokens to write per generation (at most {MAX_TOKENS:.0e}).")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature (< 1 thins the tails).")
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
@@ -216,18 +235,18 @@ class GenerateConfig(Section):
     mode: Literal["replace", "accumulate"] = Field("replace", description="Later teachers train on the last corpus only, or on all so far.")
     heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of synthetic text held out (students are evaluated on it).")
     tail_rank: int = Field(1000, ge=1, description="Diagnostics: mass beyond this human word rank is 'the tail'.")
-    seed: int = Field(0, description="Sampling seed (per shard seeds derive from it).")
+    seed: Seed = Field(0, description="Sampling seed (per shard seeds derive from it; 0 <= seed < 2**32).")
 
 
 class MixConfig(Section):
     """Human/synthetic mixtures: a grid of synthetic fractions x token budgets."""
 
     synthetic_fractions: list[float] = Field([0.0, 0.5, 1.0], min_length=1, description="Synthetic share p of each mixture, each in [0, 1].")
-    token_budgets: list[int] = Field([50_000, 200_000], min_length=1, description="Training tokens n of each mixture (> 0).")
+    token_budgets: list[int] = Field([50_000, 200_000], min_length=1, description=f"Training tokens n of each mixture (> 0, at most {MAX_TOKENS:.0e}).")
     mode: Literal["replace", "add"] = Field("replace", description="replace: each budget n is split p synthetic / 1-p human; add: human_budget human tokens plus p/(1-p) times as many synthetic (token_budgets unused).")
-    human_budget: int | None = Field(None, gt=0, description="Human tokens of every mixture in add mode.")
+    human_budget: int | None = Field(None, gt=0, le=MAX_TOKENS, description=f"Human tokens of every mixture in add mode (at most {MAX_TOKENS:.0e}).")
     generations: list[int] = Field([0], min_length=1, description="Which synthetic generations to mix (0-based).")
-    seed: int = Field(0, description="Seed of the fixed block orders (mixtures are nested).")
+    seed: Seed = Field(0, description="Seed of the fixed block orders (mixtures are nested; 0 <= seed < 2**32).")
 
     @field_validator("synthetic_fractions")
     @classmethod
@@ -241,8 +260,8 @@ class MixConfig(Section):
     @classmethod
     def _budgets_positive(cls, values: list[int]) -> list[int]:
         for i, n in enumerate(values):
-            if n <= 0:
-                raise ValueError(f"item {i} is {n}; each token budget must be a positive number of tokens")
+            if not 0 < n <= MAX_TOKENS:
+                raise ValueError(f"item {i} is {n}; each token budget must be a positive number of tokens, at most {MAX_TOKENS:.0e}")
         return _distinct(values, "token budget")
 
     _distinct_fractions = field_validator("synthetic_fractions", mode="after")(lambda cls, v: _distinct(v, "fraction"))
@@ -253,7 +272,7 @@ class StudentsConfig(Section):
     """Students: every model x mixture x seed is one train unit."""
 
     students: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1, description="Student models.")
-    seeds: list[int] = Field([0], min_length=1, description="Training seeds per student and mixture (distinct).")
+    seeds: list[Seed] = Field([0], min_length=1, description="Training seeds per student and mixture (distinct; 0 <= seed < 2**32).")
     training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(epochs=4.0), description="How every student trains.")
 
     _distinct_seeds = field_validator("seeds")(lambda cls, v: _distinct(v, "seed"))
@@ -274,10 +293,10 @@ class EvaluateConfig(Section):
 
 
 class FitConfig(Section):
-    """Scaling-law fits L_p(n) = E_p + A n^-alpha and the map onto the linear theory."""
+    """Scaling-law fits L_p(n) = E_p + A_p n^-alpha and the map onto the linear theory."""
 
-    shared_exponent: bool = Field(True, description="One A and alpha across fractions (else per fraction).")
-    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for intervals (0: none).")
+    share: Literal["exponent", "nothing", "exponent_and_amplitude"] = Field("exponent", description="What the curves of one student share: exponent (one alpha; E_p and A_p per p, so the gap L_p - L_0 may change with n), nothing (alpha_p per p as well), or exponent_and_amplitude (one A too, which forces the same gap at every n; used only where the F test of one amplitude against A_p per p does not reject it, else A_p per p).")
+    bootstrap: int = Field(200, ge=0, description="Parametric-bootstrap draws behind every interval of the fit and of the held-out prediction (0: no intervals, and so no plateau is identified).")
     accumulate_margin: float = Field(0.02, gt=0, description="Equivalence margin, nats/token per generation, for "
                                      "'accumulate stays bounded': it holds when the 90% interval of the loss's slope "
                                      "over generations lies inside ±margin. A slope interval that merely reaches 0 "
@@ -297,7 +316,7 @@ class Config(Section):
 
     base: str | None = Field(None, description="Config this one extends (path relative to this file).")
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: outputs go to runs_dir/name.")
-    runs_dir: str = Field("runs", description="Where run directories live.")
+    runs_dir: str = Field("runs", description="Where run directories live (created when missing).")
     stages: list[StageName] = Field(list(STAGES), min_length=1, description="Stages `collapse run` executes, in pipeline order.")
     launcher: Literal["local", "accelerate"] = Field("local", description="local: in this process; accelerate: train/generate units under `accelerate launch`.")
     accelerate_config: str = Field("configs/accelerate/cpu2.yaml", description="accelerate config file used with launcher: accelerate.")
@@ -360,6 +379,11 @@ class Config(Section):
         return pinned
 
 
+def _valid_unless(problem: str | None, value: Any) -> Any:
+    """A field validator's result: the value, or a ValueError saying what is wrong with it."""
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _distinct(values: list, what: str) -> list:

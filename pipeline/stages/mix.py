@@ -46,6 +46,7 @@ def plan(cfg, planned) -> list[Unit]:
                 inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, artifacts.corpus_key(generation))
                 units.append(Unit(NAME, unit_id(generation, fraction, budget), params, inputs))
     check_synthetic_supply(cfg, units)
+    check_student_batches(cfg.train.training.batch_size, units)
     return units
 
 
@@ -62,6 +63,25 @@ def check_synthetic_supply(cfg, units: list[Unit]) -> None:
         raise UserError(f"generate.tokens: {gen.tokens:,} (of which {usable:,} are not held out) cannot cover the "
                         f"{needed:,} synthetic tokens mix {at.id} needs; valid: at least "
                         f"{int(needed / (1 - gen.heldout_fraction)) + 1:,}, or lower {budget_key(at.params['mode'])}")
+
+
+def check_student_batches(batch_size: int, units: list[Unit]) -> None:
+    """At plan time: every mixture holds at least one block, and one student batch (train reads a mixture's
+    blocks batch_size at a time; found only at the train unit, after the teacher and sampling ran)."""
+    from pipeline.data.mixing import plan_mixture
+
+    sizes = {}
+    for unit in units:
+        p = unit.params
+        plan = plan_mixture(p["fraction"], p["budget"], p["block_size"], p["mode"], available_human=2**62,
+                            available_synthetic=2**62, budget_key=budget_key(p["mode"]))
+        sizes[unit.id] = plan.human_blocks + plan.synthetic_blocks
+    smallest = min(sizes, key=sizes.get, default=None)
+    if smallest is not None and sizes[smallest] < batch_size:
+        p = units[0].params
+        raise UserError(f"train.training.batch_size: {batch_size} blocks per step, but mix {smallest} holds "
+                        f"{sizes[smallest]} blocks of {p['block_size']} tokens; valid: at most {sizes[smallest]}, "
+                        f"or raise {budget_key(p['mode'])}")
 
 
 def preflight(units: list[Unit], done_inputs: dict[str, Path]) -> bool:

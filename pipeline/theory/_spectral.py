@@ -134,7 +134,18 @@ def check_real(value, name: str, low: float = -math.inf, high: float = math.inf,
     too_low = x <= low if low_open else x < low
     too_high = x >= high if high_open else x > high
     if not math.isfinite(x) or too_low or too_high:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+        raise ValueError(f"{name} must be {_valid_range(low, high, low_open, high_open)}, got {value!r}")
     return x
+
+
+def _valid_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    """The valid values in words: every value is finite, so an infinite bound is written as no bound."""
+    above = f"{'>' if low_open else '>='} {low:g}"
+    below = f"{'<' if high_open else '<='} {high:g}"
+    if math.isinf(low) and math.isinf(high):
+        return "a finite number"
+    if math.isinf(high):
+        return f"finite and {above}"
+    if math.isinf(low):
+        return f"finite and {below}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"

@@ -51,8 +51,15 @@ def run(args) -> int:
     try:
         table = prediction_table(args.phi, args.fraction, args.c2, args.noise_var)
     except ValueError as err:
-        print(f"collapse theory: {err}", file=sys.stderr)
+        print(f"collapse: error: {err}", file=sys.stderr)
         return 2
+    if not args.no_figures:
+        try:  # before the table: a bad --out is one line, with nothing printed or drawn
+            args.out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            print(f"collapse: error: --out {args.out}: a file is in the way; give a directory for the figures "
+                  "(created when missing)", file=sys.stderr)
+            return 2
     print(f"Strong collapse, isotropic ridge (λ → 0), c² = {args.c2:g}, σ² = {args.noise_var:g}: test error")
     print(table)
     if not args.no_figures:
