@@ -20,6 +20,7 @@ import math
 from itertools import combinations
 
 import numpy as np
+from scipy.stats import norm
 from scipy.stats import t as t_distribution
 
 from pipeline.theory import linear
@@ -158,7 +159,7 @@ def _c2_interval(design: np.ndarray, target: np.ndarray, dof: int | None) -> lis
     """95% interval of c² from the unconstrained GLS fit of one (whitened) design, cut at the bound c² >= 0."""
     inverse = np.linalg.pinv(design.T @ design)
     c2 = float((inverse @ design.T @ target)[0])
-    quantile = t_distribution.ppf(0.975, dof) if dof else 1.959963984540054
+    quantile = t_distribution.ppf(0.975, dof) if dof else norm.ppf(0.975)
     half = quantile * math.sqrt(max(float(inverse[0, 0]), 0.0))
     return [float(max(c2 - half, 0.0)), float(max(c2 + half, 0.0))]
 
