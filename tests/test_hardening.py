@@ -271,7 +271,9 @@ def test_a_budget_larger_than_the_corpus_stops_right_after_prepare(tmp_path, cap
     line = last_error(err)
     assert "mix.token_budgets" in line and "5000000" in line.replace(",", ""), line
     assert "teacher g0" not in err, "no teacher unit may start before the budgets are checked"
-    assert_nothing_written(tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert (run_dir / "prepare" / "manifest.json").is_file(), "a later unit's bad input keeps finished units"
+    assert [d.name for d in run_dir.iterdir() if not d.name.startswith((".", "logs", "config"))] == ["prepare"]
 
 
 def test_generate_tokens_too_small_for_the_mixtures_is_a_plan_time_error(tmp_path, capsys):
@@ -289,7 +291,10 @@ def test_a_generate_corpus_with_no_block_is_one_line_naming_generate_tokens(tmp_
     assert rc == ExitCode.BAD_INPUT
     line = last_error(err)
     assert line.startswith("generate.tokens: ") and "raise generate.tokens" in line, line
-    assert_nothing_written(tmp_path)
+    states = status_of(capsys, tmp_path / "runs" / "tiny")
+    assert states.pop("generate/g0") == "pending", "the corpus unit that met the bad input left nothing"
+    assert {k: v for k, v in states.items() if k.split("/")[0] in ("prepare", "teacher", "generate")} == {
+        "prepare/prepare": "done", "teacher/g0": "done", "generate/g0-s000": "done", "generate/g0-s001": "done"}
 
 
 def _user_error_stage(base):
@@ -318,7 +323,7 @@ def test_bad_input_in_a_unit_of_an_existing_run_leaves_no_work_dir_log_or_failur
     assert (run_dir / "prepare" / "manifest.json").is_file(), "finished units of the run stay"
 
 
-def test_bad_input_in_a_unit_of_a_new_run_removes_the_run_dir(tmp_path, capsys, monkeypatch, toy):
+def test_bad_input_in_a_unit_of_a_new_run_keeps_the_units_it_finished(tmp_path, capsys, monkeypatch, toy):
     import pipeline.orchestration.runner as runner
     from toy_stages import STAGES
 
@@ -326,7 +331,9 @@ def test_bad_input_in_a_unit_of_a_new_run_removes_the_run_dir(tmp_path, capsys, 
     rc, _, err = toy_run(tmp_path, capsys)
     assert rc == ExitCode.BAD_INPUT
     assert last_error(err) == "mix.seed: planned bad input for the test"
-    assert_nothing_written(tmp_path, "toy")
+    run_dir = tmp_path / "runs" / "toy"
+    assert (run_dir / "prepare" / "manifest.json").is_file() and (run_dir / "config.yaml").is_file()
+    assert not (run_dir / "mix").exists() and files_under(run_dir / ".collapse" / "work") == []
 
 
 # ================================================================ 3. CLI misuse

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import STAGES, Config, default_config_path, load_config
+from pipeline.config.paths import directory_problem
 from pipeline.errors import DISK_ERRORS, ExitCode, UserError, is_disk_error
 
 log = logging.getLogger("collapse")
@@ -40,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_console_logging(args.verbose)
     log.debug("CPU start-up: %s", started)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that closed the pipe early is found here, not in a traceback at exit
+        return code
+    except BrokenPipeError:  # `collapse status RUN | head -1`: end quietly, as a Unix tool does
+        _discard_stdout()
+        return ExitCode.BROKEN_PIPE
     except UserError as exc:
         print(f"collapse: error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
@@ -53,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("collapse: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    except BrokenPipeError:  # `collapse status ... | head`
-        sys.stderr.close()
-        return 0
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter flushes it once more at exit, which would fail again."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (tests) has no flush to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.orchestration.executor import UnitOutcome
-    from pipeline.orchestration.sweep import run_units
+    from pipeline.orchestration.sweep import check_inputs_come_first, run_units
     from pipeline.orchestration.launchers import get_launcher
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
@@ -132,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not force and all(executor.state(u) == "done" for u in units):  # nothing to do: write nothing
         log.info("run %s: all %d units done", cfg.run_dir, len(units))
         return _summarize_outcomes(cfg, [UnitOutcome(u, "done") for u in units])
-    with _bad_input_removes_a_new_run(cfg.run_dir):
+    check_inputs_come_first(executor, units)
+    with _bad_input_keeps_finished_units(executor):
         resolved = save_resolved_config(cfg)
         _add_run_log(cfg.run_dir)
         log.info("run %s: %d units in stages %s", cfg.run_dir, len(units), ",".join(selected))
@@ -141,16 +151,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.sweep import mark_damaged
+
     cfg, executor = _load(args)
+    mark_damaged(executor, list(executor.planned))  # what read a damaged unit is redone too, and shown so
     print(f"run dir: {cfg.run_dir}")
     for stage in STAGES:
         units = executor.planned.units(stage)
-        states = [executor.state(u) for u in units]
+        states = [_planned_state(executor, u) for u in units]
         print(f"\n{stage}: {len(units)} units ({states.count('done')} done, {len(units) - states.count('done')} to run)")
         for unit, state in zip(units, states):
             fp = executor.planned.fingerprints[unit.key][:12]
             print(f"  {unit.id:<44} {fp}  {state}")
     return 0
+
+
+def _planned_state(executor, unit) -> str:
+    """A unit's state as `collapse run` treats it: a done unit downstream of a damaged one is redone."""
+    state = executor.state(unit)
+    return "redo" if state == "done" and executor.must_run(unit) else state
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -200,7 +219,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     executor.force = frozenset([args.stage]) if args.force else frozenset()
     _quiet_library_progress(disable_ours=not sys.stderr.isatty())  # batch logs: no bars, the log lines carry progress
     dist = Processes.from_env()
-    with _bad_input_removes_a_new_run(cfg.run_dir, dist.is_main):
+    with _bad_input_keeps_finished_units(executor, dist.is_main):
         if dist.is_main:
             _add_run_log(cfg.run_dir)
         outcome = executor.execute(executor.planned.get(key), dist)
@@ -240,6 +259,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, "object"]:
     moved = {item.partition("=")[0] for item in args.overrides} & {"name", "runs_dir"}
     if _is_saved_run_config(path) and not moved:  # a run's own config.yaml (what accelerate and Slurm workers get)
         cfg = cfg.at(path.parent)
+    problem = directory_problem(cfg.run_dir)
+    if problem:
+        raise UserError(f"runs_dir: {problem}; the run directory ({cfg.run_dir}) must be a directory or not exist yet")
     return cfg, _executor(cfg)
 
 
@@ -287,18 +309,22 @@ def save_resolved_config(cfg: Config) -> Path:
 
 
 @contextlib.contextmanager
-def _bad_input_removes_a_new_run(run_dir: Path, enabled: bool = True):
-    """Bad input found while running: a run that did not exist before leaves nothing (its log included).
+def _bad_input_keeps_finished_units(executor, enabled: bool = True):
+    """Bad input found while running: a run that did not exist before leaves nothing (its log included)
+    unless a unit finished in it. A later unit's bad input never removes finished work: the run keeps it
+    with its config.yaml and logs, so that `collapse status` shows it and the fixed re-run skips it (the
+    unit that met the bad input has already removed its own work dir).
 
     Disk errors keep the run: what finished before the disk filled is kept, and a re-run continues.
     """
-    new_run = enabled and not run_dir.exists()
+    rd = executor.run_dir
+    new_run = enabled and not rd.root.exists()
     try:
         yield
     except UserError:
-        if new_run:
+        if new_run and not any((rd.final(unit) / "manifest.json").is_file() for unit in executor.planned):
             _close_run_log()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(rd.root, ignore_errors=True)
         raise
 
 

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from pipeline.config import Config
 from pipeline.distributed import Processes
-from pipeline.errors import ExitCode, UserError, is_disk_error
+from pipeline.errors import ExitCode, UserError, is_disk_error, wrapped_disk_error
 from pipeline.io import list_files, replace_dir, write_json_atomic
 from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions
 
@@ -64,16 +64,18 @@ class Executor:
             return "failed"
         return "pending"
 
-    def missing_input(self, unit: Unit) -> str | None:
-        """The bad-input line for the first input of `unit` that is not done, else None."""
+    def missing_input(self, unit: Unit, coming: frozenset[str] = frozenset()) -> str | None:
+        """The bad-input line for the first input of `unit` that is not done (nor `coming`: run before it), else None."""
         for key in unit.inputs:
             upstream = self.planned.get(key)
+            if key in coming:
+                continue
             if not self.run_dir.is_done(upstream, self.planned.fingerprints[key]):
                 return f"unit {unit.key} needs {key}, which is not done; run stage {upstream.stage} first"
         return None
 
-    def check_inputs(self, unit: Unit) -> None:
-        problem = self.missing_input(unit)
+    def check_inputs(self, unit: Unit, coming: frozenset[str] = frozenset()) -> None:
+        problem = self.missing_input(unit, coming)
         if problem:
             raise UserError(problem)
 
@@ -119,16 +121,19 @@ class Executor:
             if dist.is_main:
                 self._finalize(unit, fp, work, metrics, started)
         except BaseException as exc:
+            disk = exc if is_disk_error(exc) else wrapped_disk_error(exc)
             if _is_interruption(exc):  # checkpointed on SIGTERM/SIGUSR1 or Ctrl-C: resumable, not failed
                 unit_log.info("interrupted (%s); re-running the unit resumes it", _interruption_name(exc))
             elif isinstance(exc, UserError) and dist.is_main:  # bad input: leave nothing behind
                 _discard_attempt(rd, unit, work, None if log_existed else rd.log_file(unit))
-            elif is_disk_error(exc) and dist.is_main:  # the disk, not the unit, failed: no failure record
+            elif disk is not None and dist.is_main:  # the disk, not the unit, failed: no failure record
                 # a resumable unit keeps its checkpoints so that a re-run continues; others free the space
                 if not unit.resumable:
                     _discard_attempt(rd, unit, work, None)
             elif dist.is_main:
                 _record_failure(rd, unit, fp, exc)
+            if disk is not None and disk is not exc:  # as the OSError it is: the CLI's one line with the fix
+                raise OSError(disk.errno, disk.strerror, str(rd.root)) from exc
             raise
         finally:
             unit_log.removeHandler(handler)

@@ -52,6 +52,14 @@ def mark_damaged(executor: Executor, units: list[Unit], hashes: bool = False) ->
     return set(damaged)
 
 
+def check_inputs_come_first(executor: Executor, units: list[Unit]) -> None:
+    """Before a sweep starts: every input of `units` is done or among them (else the UserError naming the
+    stage to run), so that a cut-short `--stages` fails before any unit runs, not after some finished."""
+    coming = frozenset(u.key for u in units)
+    for unit in units:
+        executor.check_inputs(unit, coming)
+
+
 def wait_while_locked(executor: Executor, unit: Unit) -> None:
     """Block while another live process holds the unit's lock (saying so once)."""
     rd = executor.run_dir
