@@ -8,6 +8,7 @@ line `collapse: error: ...` and that nothing was written or the damage was repai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ import pytest
 
 from hardening_helpers import artefacts, files_under, last_error, snapshot, tiny_args
 from pipeline.errors import ExitCode
-from test_hardening import cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
+from pipeline.orchestration.cli import main as cli_main
+from test_hardening import _close_run_logs, cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
 
 P0_MIX = ("mix.synthetic_fractions=[0.0]", "mix.token_budgets=[3000]")
 MIX_UNIT = "mix/g0-p0-n3000"
@@ -82,3 +84,108 @@ def test_json_outputs_refuse_nan_and_infinity_naming_where_it_is(tmp_path):
     with pytest.raises(ValueError, match=r"loss is not a finite number"):
         json_line({"loss": float("inf")})
     assert not target.exists() and files_under(tmp_path) == []
+
+
+# ---------------------------------------------------------------- result numbers are covered by hashes
+
+EVALUATED = ("generate.tokens=1000", "generate.shards=1", "teacher.training.tokens=1024")
+THROUGH_EVALUATE = "prepare,teacher,generate,mix,train,evaluate"
+EVAL_UNIT = "evaluate/gpt2-nano-g0-p0-n3000-s0"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> Path:
+    """One student trained and evaluated (teacher and generate cut to a step and one shard), built once;
+    each test works on its own copy (`evaluated_copy`)."""
+    base = tmp_path_factory.mktemp("evaluated")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        patch.setenv("COLLAPSE_CACHE", str(base / "cache"))
+        rc, _, err = _cli_quiet("run", *tiny_args(base, *P0_MIX, *EVALUATED), "--stages", THROUGH_EVALUATE, "--no-progress")
+    assert rc == 0, err
+    return base / "runs" / "tiny"
+
+
+def _cli_quiet(*argv) -> tuple[int, str, str]:
+    """The CLI outside a test's capsys (for a module fixture): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli_main([str(a) for a in argv])
+    finally:
+        _close_run_logs()
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def evaluated_copy(evaluated, tmp_path) -> Path:
+    copy = tmp_path / "runs" / "tiny"
+    shutil.copytree(evaluated, copy, symlinks=True)
+    return copy
+
+
+def _results_file_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "evaluate" / "results.jsonl").read_text().splitlines()]
+
+
+def test_an_edited_loss_in_an_evaluate_manifest_is_damage_that_verify_finds_and_repairs(evaluated_copy, capsys):
+    before = artefacts(evaluated_copy)
+    manifest_path = evaluated_copy / EVAL_UNIT / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metrics"]["loss"] = 1.25
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    assert status_of(capsys, evaluated_copy)[EVAL_UNIT] == "damaged"
+
+    rc, out, err = cli(capsys, "verify", evaluated_copy)
+    assert rc == ExitCode.FAILED and f", 1 damaged: {EVAL_UNIT}" in out, out + err
+    assert f"unit {EVAL_UNIT} is damaged: manifest.json has other metrics than the unit wrote (sha256 differs)" in err
+    rc, _, err = cli(capsys, "verify", evaluated_copy, "--repair")
+    assert rc == 0, err
+    assert artefacts(evaluated_copy) == before
+    assert [row["loss"] for row in _results_file_rows(evaluated_copy)] == [before[EVAL_UNIT]["metrics"]["loss"]]
+
+
+def test_a_manifest_written_before_metrics_were_hashed_stays_done(evaluated_copy, capsys):
+    manifest_path = evaluated_copy / EVAL_UNIT / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["metrics_sha256"]
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    assert status_of(capsys, evaluated_copy)[EVAL_UNIT] == "done"
+    rc, out, err = cli(capsys, "verify", evaluated_copy)
+    assert rc == 0 and ", 0 damaged" in out, out + err
+
+
+def test_a_deleted_results_summary_is_rebuilt_by_run_and_shown_by_status_meanwhile(evaluated_copy, capsys):
+    summary = evaluated_copy / "evaluate" / "results.jsonl"
+    original = summary.read_bytes()
+    summary.unlink()
+    rc, out, _ = cli(capsys, "status", evaluated_copy)
+    assert rc == 0 and "== results (evaluate/results.jsonl)" in out and "gpt2-nano" in out.split("== results")[1]
+    assert f"{summary} does not match the finished units; `collapse verify {evaluated_copy} --repair` rebuilds it" in out
+    rc, out, err = cli(capsys, "verify", evaluated_copy)
+    assert rc == ExitCode.FAILED and "1 stage summaries do not match their finished units: evaluate/results.jsonl" in out
+    rc, _, err = cli(capsys, "run", evaluated_copy / "config.yaml", "--stages", THROUGH_EVALUATE, "--no-progress")
+    assert rc == 0, err
+    assert f"{summary} did not match its finished units; rebuilt from them" in err
+    assert summary.read_bytes() == original
+
+
+def test_an_edited_results_summary_is_not_shown_and_verify_repair_rebuilds_it(evaluated_copy, capsys):
+    summary = evaluated_copy / "evaluate" / "results.jsonl"
+    original = summary.read_bytes()
+    true_loss = _results_file_rows(evaluated_copy)[0]["loss"]
+    summary.write_text(summary.read_text().replace(f'"loss": {true_loss!r}', '"loss": 1.25'))
+    assert _results_file_rows(evaluated_copy)[0]["loss"] == 1.25
+    rc, out, _ = cli(capsys, "status", evaluated_copy)
+    table = out.split("== results")[1]
+    assert f"{true_loss:.4f}" in table and "1.2500" not in table
+    rc, out, err = cli(capsys, "verify", evaluated_copy)
+    assert rc == ExitCode.FAILED and "evaluate/results.jsonl" in out
+    rc, _, err = cli(capsys, "verify", evaluated_copy, "--repair")
+    assert rc == 0, err
+    assert summary.read_bytes() == original
+    rc, out, _ = cli(capsys, "verify", evaluated_copy)
+    assert rc == 0 and "stage summaries" not in out

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.orchestration.executor import UnitOutcome
-    from pipeline.orchestration.sweep import check_inputs_come_first, run_units
+    from pipeline.orchestration.sweep import check_inputs_come_first, refresh_summaries, run_units
     from pipeline.orchestration.launchers import get_launcher
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     units = [u for u in executor.planned if u.stage in selected]
     if not force and all(executor.state(u) == "done" for u in units):  # nothing to do: write nothing
         log.info("run %s: all %d units done", cfg.run_dir, len(units))
+        refresh_summaries(executor, selected)  # unless a stage summary was deleted or edited
         return _summarize_outcomes(cfg, [UnitOutcome(u, "done") for u in units])
     check_inputs_come_first(executor, units)
     with _bad_input_keeps_finished_units(executor):
@@ -191,20 +192,25 @@ def _run_dir_config(run_dir: Path) -> Config:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Hash every finished unit's files; report damage with the file; --repair redoes it (and dependents)."""
     from pipeline.orchestration.launchers import get_launcher
-    from pipeline.orchestration.sweep import mark_damaged, run_units
+    from pipeline.orchestration.sweep import mark_damaged, refresh_summaries, run_units
 
     cfg = _run_dir_config(Path(args.run_dir))
     executor = _executor(cfg)
     units = list(executor.planned)
     damaged = mark_damaged(executor, units, hashes=True)
+    stale = [path for stage in executor.stages for path in executor.stale_summaries(stage)]
     print(f"{len(units)} units checked, {len(damaged)} damaged" + (f": {', '.join(sorted(damaged))}" if damaged else ""))
-    if not damaged or not args.repair:
-        return ExitCode.FAILED if damaged else ExitCode.OK
+    if stale:
+        print(f"{len(stale)} stage summaries do not match their finished units: "
+              f"{', '.join(p.relative_to(cfg.run_dir).as_posix() for p in stale)}")
+    if not (damaged or stale) or not args.repair:
+        return ExitCode.FAILED if damaged or stale else ExitCode.OK
     # Repair redoes what was finished: a damaged unit and the finished units that read it. Units
     # downstream that never ran (a run cut short with --stages) stay for `collapse run` to start.
     redo = [u for u in units if u.key in damaged or (u.key in executor.redo and executor.state(u) == "done")]
     _add_run_log(cfg.run_dir)
     outcomes = run_units(executor, redo, get_launcher(cfg, cfg.run_dir / "config.yaml"), progress=True)
+    refresh_summaries(executor, list(executor.stages))
     return _summarize_outcomes(cfg, outcomes)
 
 

@@ -8,6 +8,7 @@ accelerate every process enters it; the main process takes the lock and finalize
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import socket
@@ -20,8 +21,8 @@ from types import ModuleType
 from pipeline.config import Config
 from pipeline.distributed import Processes
 from pipeline.errors import ExitCode, UserError, is_disk_error, wrapped_disk_error
-from pipeline.io import list_files, replace_dir, write_json_atomic
-from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, unit_lock, versions
+from pipeline.io import json_text, list_files, replace_dir, write_json_atomic, write_text_atomic
+from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, metrics_digest, unit_lock, versions
 
 log = logging.getLogger("collapse")
 
@@ -142,10 +143,15 @@ class Executor:
 
     def _finalize(self, unit: Unit, fp: str, work: Path, metrics: dict, started: float) -> None:
         rd = self.run_dir
+        try:  # the metrics as every reader will see them (keys as strings, tuples as lists), hashed as such
+            metrics = json.loads(json_text(metrics, default=str))
+        except ValueError as exc:
+            raise ValueError(f"unit {unit.key}: metric {exc}") from None
         manifest = {
             "stage": unit.stage, "unit": unit.id, "fingerprint": fp, "params": unit.params,
             "inputs": {k: self.planned.fingerprints[k] for k in unit.inputs},
-            "metrics": metrics, "files": list_files(work, skip=("manifest.json",)),
+            "metrics": metrics, "metrics_sha256": metrics_digest(metrics),
+            "files": list_files(work, skip=("manifest.json",)),
             "wall_time_s": round(time.time() - started, 3),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "host": socket.gethostname(), "versions": versions(),
@@ -156,16 +162,40 @@ class Executor:
             rd.failure(unit).unlink()
         self.summarize(unit.stage)
 
-    def summarize(self, stage: str) -> None:
-        """Rebuild the stage's summary from its planned units, one writer at a time (waits for the lock)."""
-        summarize = getattr(self.stages[stage], "summarize", None)
-        if summarize is None:
-            return
+    def stale_summaries(self, stage: str) -> dict[Path, str | None]:
+        """The stage's summary files (its optional `summary(stage_dir, units)`, built from the finished units)
+        that are missing or hold other text: {path: the text it should hold, None where it should not exist}."""
+        build = getattr(self.stages[stage], "summary", None)
+        if build is None:
+            return {}
+        rd = self.run_dir
+        done = [u for u in self.planned.units(stage) if rd.is_done(u, self.planned.fingerprints[u.key])]
+        wanted = {rd.root / stage / name: text for name, text in build(rd.root / stage, done).items()}
+        return {path: text for path, text in wanted.items() if _text_or_none(path) != text}
+
+    def summarize(self, stage: str) -> list[Path]:
+        """Rewrite the stage's stale summary files, one writer at a time (waits for the lock); returns them.
+        An up-to-date summary is not touched (nor its lock taken): a finished read-only run stays as it is."""
+        if not self.stale_summaries(stage):
+            return []
         rd = self.run_dir
         with unit_lock(rd.internal / "locks" / stage / ".summary.lock", wait=True) as held:
             if not held:  # unreachable with wait=True; never summarize without the lock
                 raise RuntimeError(f"could not lock the {stage} summary")
-            summarize(rd.root / stage, self.planned.units(stage))
+            stale = self.stale_summaries(stage)
+            for path, text in stale.items():
+                if text is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_text_atomic(path, text)
+        return sorted(stale)
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _prepare_work_dir(rd: RunDir, unit: Unit, work: Path) -> None:

@@ -8,7 +8,7 @@ done, anything else is not. A per-unit lock (flock, released by the kernel when 
 two processes — two terminals, two Slurm array tasks — from running one unit at once.
 
 Every stage module has the same shape (see pipeline/stages/__init__.py): NAME, VERSION,
-plan(cfg, planned) -> [Unit], run(ctx) -> metrics, and optionally summarize(stage_dir, units).
+plan(cfg, planned) -> [Unit], run(ctx) -> metrics, and optionally summary(stage_dir, units).
 """
 
 from __future__ import annotations
@@ -159,6 +159,11 @@ def fingerprint(unit: Unit, version: int, input_fingerprints: dict[str, str]) ->
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def metrics_digest(metrics: Any) -> str:
+    """sha256 of a manifest's metrics as JSON with sorted keys: an edited number is found like an edited file."""
+    return hashlib.sha256(json.dumps(metrics, sort_keys=True).encode()).hexdigest()
+
+
 def default_stages() -> dict[str, ModuleType]:
     import importlib
 
@@ -210,12 +215,19 @@ class RunDir:
         return manifest is not None and manifest.get("fingerprint") == fp and self.damage(unit, manifest) is None
 
     def damage(self, unit: Unit, manifest: dict[str, Any] | None = None, hashes: bool = False) -> str | None:
-        """What is wrong with a finished unit's files ("model/x.safetensors has 1,000 bytes, ..."), or None."""
+        """What is wrong with a finished unit's files ("model/x.safetensors has 1,000 bytes, ...") or with the
+        metrics its manifest records (later stages and the report read them), or None. Manifests written
+        before they listed files or hashed metrics are not checked for what they do not record."""
         manifest = manifest if manifest is not None else self.manifest(unit)
-        files = manifest.get("files") if manifest else None
-        if not isinstance(files, dict):
-            return None  # nothing recorded (written before manifests listed files)
-        return first_difference(self.final(unit), files, hashes=hashes)
+        if not manifest:
+            return None
+        files = manifest.get("files")
+        if isinstance(files, dict) and (problem := first_difference(self.final(unit), files, hashes=hashes)):
+            return problem
+        recorded = manifest.get("metrics_sha256")
+        if recorded is not None and metrics_digest(manifest.get("metrics")) != recorded:
+            return "manifest.json has other metrics than the unit wrote (sha256 differs)"
+        return None
 
     def holder(self, unit: Unit) -> str:
         """Who holds the unit's lock, as "pid P on HOST" (from the lock file), for messages."""

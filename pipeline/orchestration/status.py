@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pipeline.config import STAGES, Config
 from pipeline.orchestration.executor import Executor
-from pipeline.stages.artifacts import RESULT_COLUMNS, format_cell, result_sort_key
+from pipeline.stages.artifacts import RESULT_COLUMNS, format_cell, result_rows, result_sort_key
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -55,10 +54,15 @@ def print_status(cfg: Config, executor: Executor) -> None:
         done = sum(r[1].startswith("done") for r in rows)
         print(f"\n== {stage}: {done}/{len(rows)} done")
         print(format_table(rows, ["unit", "state", "metrics / error"]))
-    results = cfg.run_dir / "evaluate" / "results.jsonl"
-    if results.is_file():
+    # The rows of the finished units themselves (what fit and the report read), never the summary file,
+    # which a user may have deleted or edited; a summary that does not match them is pointed out.
+    rd = executor.run_dir
+    rows = result_rows({u.key: rd.final(u) for u in executor.planned.units("evaluate") if executor.state(u) == "done"})
+    if rows:
         print("\n== results (evaluate/results.jsonl)")
-        print(results_table([json.loads(line) for line in results.read_text().splitlines() if line.strip()]))
+        print(results_table(rows))
+    for path in (path for stage in executor.stages for path in executor.stale_summaries(stage)):
+        print(f"\n{path} does not match the finished units; `collapse verify {cfg.run_dir} --repair` rebuilds it")
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:

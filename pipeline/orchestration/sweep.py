@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError, is_disk_error
@@ -103,7 +104,17 @@ def run_units(executor: Executor, units: list[Unit], launcher: Any, progress: bo
             bar.update()
     finally:
         bar.close()
+    refresh_summaries(executor, list(dict.fromkeys(u.stage for u in units)))
     return outcomes
+
+
+def refresh_summaries(executor: Executor, stages: list[str]) -> list[Path]:
+    """Rebuild the stage summaries (evaluate/results.jsonl) that do not match their finished units: deleted,
+    edited, or listing a unit since redone. Each unit's finish rebuilds its stage's; this catches the rest."""
+    rebuilt = [path for stage in stages for path in executor.summarize(stage)]
+    for path in rebuilt:
+        log.warning("%s did not match its finished units; rebuilt from them", path)
+    return rebuilt
 
 
 def _run_one(executor: Executor, unit: Unit, launcher: Any, blocked: set[str], checked: set[str]) -> UnitOutcome:

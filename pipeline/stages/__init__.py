@@ -4,7 +4,7 @@
     VERSION = 1                                  # bump when the stage's output changes meaning
     def plan(cfg, planned) -> list[Unit]         # every unit of this stage; earlier stages' via planned.units(stage)
     def run(ctx) -> dict                         # one unit's work, written only under ctx.out; returns metrics
-    def summarize(stage_dir, units) -> None      # optional: rebuild a stage-level table from the planned units
+    def summary(stage_dir, units) -> dict        # optional: {file name: text} of stage-level tables, from the done units
 
 A unit sees only its `params` (hashed into its fingerprint together with its inputs' fingerprints),
 its `settings` (read but declared not to change results: batch sizes that do not change results,

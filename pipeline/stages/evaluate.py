@@ -1,30 +1,32 @@
 """evaluate: every trained student on the human TEST split (and held-out synthetic text).
 
 One unit per train unit (same id), at runs/NAME/evaluate/ID/ with only its manifest: the metrics ARE
-the results row (the fit stage reads them). Loss (nats/token), perplexity and bits per byte come from
+the results row (the fit stage reads them; the manifest hashes them, so an edited number makes the unit
+damaged, found by `collapse run` and `collapse verify` and redone with what read it). Loss (nats/token), perplexity and bits per byte come from
 the summed NLL of every test token (pipeline/lm/evaluation.py: windows of block_size tokens with stride
 block_size - 1 over [EOS] + the test stream, pooled by the `summed_nll_perplexity` metric module).
 Also, when present:
   synthetic_*  the same on generation g's held-out synthetic blocks (`generate/g{g}/heldout/`)
   excess_*     for builtin:reference-language, the loss above the exact entropy of the test split
                (nats/token and bits/byte): what the model has not learnt of a language we know fully.
-`summarize` rebuilds runs/NAME/evaluate/results.jsonl (one row per finished unit) atomically.
+`summary` is runs/NAME/evaluate/results.jsonl (one row per finished unit), which the runner rewrites
+whenever it does not match the units (a unit finished or redone, the file deleted or edited).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import read_json_object, write_text_atomic
+from pipeline.io import json_line
 from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
 
 NAME = "evaluate"
 VERSION = 1
+RESULTS_FILE = "results.jsonl"
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -123,13 +125,9 @@ def _identity(unit_id: str, train_manifest: dict[str, Any], mix_manifest: dict[s
     }
 
 
-def summarize(stage_dir: Path, units: list[Unit]) -> None:
-    """runs/NAME/evaluate/results.jsonl: one row per finished evaluate unit of this plan, rewritten
-    atomically (units left in the directory by an earlier grid of the same run name are not listed)."""
-    rows = []
-    for unit in units:
-        manifest = read_json_object(Path(stage_dir) / unit.id / "manifest.json")
-        if manifest is not None and isinstance(manifest.get("metrics"), dict):  # not yet done / being replaced
-            rows.append(manifest["metrics"])
-    rows.sort(key=artifacts.result_sort_key)
-    write_text_atomic(Path(stage_dir) / "results.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+def summary(stage_dir: Path, units: list[Unit]) -> dict[str, str | None]:
+    """{"results.jsonl": one row per finished evaluate unit given, or None (no file) when there is none}.
+    The runner passes the done units of this plan: units left in the directory by an earlier grid of the
+    same run name are not listed."""
+    rows = artifacts.result_rows({unit.key: Path(stage_dir) / unit.id for unit in units})
+    return {RESULTS_FILE: "".join(json_line(row) for row in rows) if rows else None}
