@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
 import pytest
 
-from hardening_helpers import artefacts, files_under, last_error, snapshot, tiny_args
+from hardening_helpers import TINY, artefacts, files_under, last_error, snapshot, tiny_args
 from pipeline.errors import ExitCode
 from pipeline.orchestration.cli import main as cli_main
 from test_hardening import _close_run_logs, cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
@@ -189,3 +189,40 @@ def test_an_edited_results_summary_is_not_shown_and_verify_repair_rebuilds_it(ev
     assert summary.read_bytes() == original
     rc, out, _ = cli(capsys, "verify", evaluated_copy)
     assert rc == 0 and "stage summaries" not in out
+
+
+# ---------------------------------------------------------------- replaced pretrained weights
+
+
+def _fingerprints(tmp_path: Path, *sets: str) -> dict[str, str]:
+    from pipeline.config import load_config
+    from pipeline.orchestration.runner import default_stages, plan_run
+
+    cfg = load_config(TINY, [f"runs_dir={tmp_path / 'runs'}", *sets])
+    return plan_run(cfg, default_stages()).fingerprints
+
+
+def test_other_weights_of_the_same_size_in_a_pretrained_dir_are_another_teacher(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    checkpoint = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(checkpoint)
+    sets = (f"teacher.model.pretrained={checkpoint}", "teacher.model.finetune=none", "tokenizer.kind=bpe")
+    before = _fingerprints(tmp_path, *sets)
+
+    weights = checkpoint / "model.safetensors"
+    size, mtime = weights.stat().st_size, weights.stat().st_mtime_ns
+    tensors = load_file(weights)
+    tensors["transformer.wte.weight"] += 1.0
+    save_file(tensors, weights, metadata={"format": "pt"})
+    os.utime(weights, ns=(mtime + 10**9, mtime + 10**9))  # a later mtime, whatever the filesystem's resolution
+    assert weights.stat().st_size == size, "the same size: only the content tells them apart"
+    after = _fingerprints(tmp_path, *sets)
+
+    changed = {key for key in before if before[key] != after[key]}
+    assert {"teacher/g0", "generate/g0"} <= changed
+    assert {key.split("/")[0] for key in changed} - {"teacher", "generate", "mix", "train", "evaluate", "fit", "report"} == set()
+    assert not any(key.startswith("prepare/") for key in changed)

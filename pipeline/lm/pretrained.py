@@ -20,9 +20,11 @@ import os
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.io import read_json_object, write_dir_atomic, write_json_atomic
+from pipeline.io import content_identity, read_json_object, write_dir_atomic, write_json_atomic
 
 GGUF_SCHEME = "gguf:"
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".model")  # weights, configs, tokenizer files
+CONTENT_HASHES = "content-hashes.json"  # the hash cache of content_hashes, under cache_root()
 _HEADER_BYTES = 16 << 20  # hash the first 16 MiB + size: identifies a file without reading GBs
 
 
@@ -68,14 +70,23 @@ def file_identity(path: Path) -> dict:
 
 
 def identity(spec: str) -> dict:
-    """What a unit's params record about its pretrained model (changes when the model does)."""
+    """What a unit's params record about its pretrained model (changes when the model does): for a
+    checkpoint directory the size and sha256 of each weight, config and tokenizer file, so that other
+    weights of the same size are another model (hashed once per size and mtime, see `content_hashes`)."""
     if is_gguf(spec):
         return {"spec": spec, "gguf": file_identity(gguf_file(spec))}
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
-        return {"spec": spec, "files": {p.name: p.stat().st_size for p in files}}
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+        hashed = content_hashes(files)
+        return {"spec": spec, "files": {p.name: hashed[str(p)] for p in files}}
     return {"spec": spec}
+
+
+def content_hashes(paths: list[Path]) -> dict[str, dict]:
+    """{str(path): {"bytes", "sha256"}} of input files read from outside a run (a `files:` corpus, a
+    checkpoint), with the hashes cached in the data cache by path, size and mtime."""
+    return content_identity(paths, cache_root() / CONTENT_HASHES)
 
 
 def resolve(spec: str, trust_remote_code: bool = False) -> str:

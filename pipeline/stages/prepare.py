@@ -27,7 +27,7 @@ from pipeline.data.tokenizer import (
     train_bpe_tokenizer,
 )
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 NAME = "prepare"
 VERSION = 1
@@ -70,10 +70,9 @@ def files_identity(pattern: str) -> dict[str, Any]:
     """The files a `files:` glob matches, by content (size + sha256, cached by size and mtime): an
     edited or added file changes prepare's fingerprint, so everything downstream reruns."""
     from pipeline.data.sources import corpus_files
-    from pipeline.io import content_identity
-    from pipeline.lm.pretrained import cache_root
+    from pipeline.lm.pretrained import content_hashes
 
-    return content_identity([Path(p) for p in corpus_files(pattern)], cache_root() / "content-hashes.json")
+    return content_hashes([Path(p) for p in corpus_files(pattern)])
 
 
 def run(ctx) -> dict[str, Any]:
