@@ -21,9 +21,10 @@ from pipeline.errors import UserError
 from pipeline.orchestration.executor import Executor
 from pipeline.orchestration.sweep import run_units
 from pipeline.orchestration.launchers.local import LocalLauncher
-from pipeline.orchestration.runner import Unit, plan_run
+from pipeline.orchestration.runner import plan_run
 from pipeline.stages import artifacts
 from pipeline.stages import mix, prepare
+from pipeline.unit import Unit
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
@@ -31,7 +32,7 @@ TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 def _plan_generate(cfg, planned):
     params = {"tokens": cfg.generate.tokens, "reference": cfg.corpus.reference.model_dump(),
               "block_size": cfg.packing.block_size}
-    return [Unit("generate", f"g{g}", {"generation": g, **params}, (prepare.KEY,))
+    return [Unit("generate", f"g{g}", {"generation": g, **params}, (artifacts.PREPARE_KEY,))
             for g in range(cfg.generate.generations)]
 
 
@@ -41,7 +42,7 @@ def _run_generate(ctx):
     language = ReferenceLanguage(reference["beta"], reference["lexicon_size"], reference["mean_sentence_words"],
                                  reference["mean_document_sentences"], seed=reference["seed"])
     texts = language.sample_documents(150, seed=1000 + ctx.params["generation"])
-    tokenizer = artifacts.tokenizer(ctx.inputs[prepare.KEY])
+    tokenizer = artifacts.tokenizer(ctx.inputs[artifacts.PREPARE_KEY])
     return pack_documents(texts, tokenizer, ctx.params["block_size"], ctx.out / "blocks")
 
 

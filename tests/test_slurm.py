@@ -26,7 +26,7 @@ from pipeline.orchestration.launchers.slurm import (
     unit_levels,
     units_to_submit,
 )
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_CLI = REPO / "tests" / "slurm" / "toy_pipeline.py"

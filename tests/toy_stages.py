@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 
 def _ledger(key: str) -> None:

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pipeline.errors import UserError
 
-SCHEMES = ("hf:", "files:", "builtin:wikipedia", "builtin:reference-language")
+REFERENCE_LANGUAGE = "builtin:reference-language"
+SCHEMES = ("hf:", "files:", "builtin:wikipedia", REFERENCE_LANGUAGE)
 TxtMode = Literal["blocks", "file"]
 
 
@@ -56,7 +57,7 @@ def load_documents(
         from pipeline.data.wikipedia import load_wikipedia
 
         docs = load_wikipedia(min_chars)
-    elif source == "builtin:reference-language":
+    elif source == REFERENCE_LANGUAGE:
         docs = _load_reference(reference)
     else:
         raise UserError(f"corpus.source: unknown source {source!r}; valid: hf:NAME[:CONFIG], files:GLOB, "

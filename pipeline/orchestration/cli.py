@@ -237,14 +237,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.orchestration.launchers.slurm import SlurmLauncher
+    from pipeline.orchestration.launchers.slurm import submit
 
     stages = _stage_list(args.stages, "--stages") if args.stages else None
     cfg, executor = _load(args)
     selected = stages or list(cfg.stages)
     # Saved only once every script rendered (and sbatch was found): a refused submit writes nothing.
-    return SlurmLauncher().submit(cfg, executor, selected, resolved_config_path(cfg),
-                                  save_config=lambda: save_resolved_config(cfg), dry_run=args.dry_run)
+    return submit(cfg, executor, selected, resolved_config_path(cfg),
+                  save_config=lambda: save_resolved_config(cfg), dry_run=args.dry_run)
 
 
 def cmd_floor(args: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ from pipeline.config import Config
 from pipeline.distributed import Processes
 from pipeline.errors import ExitCode, UserError, is_disk_error, wrapped_disk_error
 from pipeline.io import json_text, list_files, replace_dir, write_json_atomic, write_text_atomic
-from pipeline.orchestration.runner import Planned, RunDir, Unit, UnitContext, metrics_digest, unit_lock, versions
+from pipeline.orchestration.runner import Planned, RunDir, metrics_digest, unit_lock, versions
+from pipeline.unit import Unit, UnitContext
 
 log = logging.getLogger("collapse")
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.data.sources import REFERENCE_LANGUAGE
 from pipeline.errors import UserError
 from pipeline.io import read_json_object, write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
-from pipeline.stages.prepare import REFERENCE
 
 log = logging.getLogger("collapse")
 
@@ -55,8 +55,8 @@ def predict_floor(cfg: Config, executor) -> Path:
 def _finished_teacher(cfg: Config, executor):
     """The teacher unit of generation 0, refusing a run the floor cannot be predicted for."""
     run_dir = cfg.run_dir
-    if cfg.corpus.source != REFERENCE:
-        raise UserError(f"{run_dir}: corpus.source is {cfg.corpus.source}; collapse floor needs {REFERENCE}, "
+    if cfg.corpus.source != REFERENCE_LANGUAGE:
+        raise UserError(f"{run_dir}: corpus.source is {cfg.corpus.source}; collapse floor needs {REFERENCE_LANGUAGE}, "
                         "the only corpus whose distribution P is known exactly")
     key = artifacts.teacher_key(GENERATION)
     if key not in executor.planned.by_key:
@@ -75,13 +75,12 @@ def _prediction(cfg: Config, executor, teacher, fingerprint: str) -> dict[str, A
     from pipeline.distributed import default_device
     from pipeline.lm.mixture_floor import LEVELS, floor_report, score_documents
     from pipeline.lm.sampling import SamplingSettings
-    from pipeline.stages.generate import load_teacher
 
     prepare_unit = executor.planned.get(PREPARE_KEY)
     prepare_dir = executor.run_dir.final(prepare_unit)
     reference = artifacts.manifest(prepare_dir)["params"]["corpus"]["reference"]
     device = default_device()
-    model, _ = load_teacher(executor.run_dir.final(teacher) / "model", device, cfg.teacher.model.trust_remote_code)
+    model, _ = artifacts.teacher_model(executor.run_dir.final(teacher), device, cfg.teacher.model.trust_remote_code)
     sampling = SamplingSettings.from_config(cfg.generate)
     window = artifacts.block_size(prepare_dir)
     scores = score_documents(ReferenceLanguage.from_params(reference), artifacts.documents(prepare_dir, "test"),

@@ -7,7 +7,7 @@ last, and is renamed into `runs/NAME/STAGE/UNIT/` in one step: a directory with 
 done, anything else is not. A per-unit lock (flock, released by the kernel when its holder dies) keeps
 two processes — two terminals, two Slurm array tasks — from running one unit at once.
 
-Every stage module has the same shape (see pipeline/stages/__init__.py): NAME, VERSION,
+Every stage module has the same shape, the unit contract in pipeline/unit.py: NAME, VERSION,
 plan(cfg, planned) -> [Unit], run(ctx) -> metrics, and optionally summary(stage_dir, units).
 """
 
@@ -23,79 +23,21 @@ import platform
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator
 
 from pipeline.config import STAGES, Config
-from pipeline.distributed import Processes
 from pipeline.io import first_difference, read_json_object
+from pipeline.unit import PlanView, Stage, Unit
 
 log = logging.getLogger("collapse")
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work: a stage's output for one point of the config grid.
-
-    `params` is everything the unit's result depends on (hashed into its fingerprint); `settings` is
-    what the unit reads that cannot change its result (batch sizes that do not change results,
-    num_proc, log and checkpoint intervals, trackers): not hashed, so changing it redoes nothing.
-    """
-
-    stage: str
-    id: str
-    params: dict[str, Any]
-    inputs: tuple[str, ...] = ()
-    settings: dict[str, Any] = field(default_factory=dict, compare=False)
-    multiprocess: bool = False  # may run in several processes (under `accelerate launch`): train, teacher, shards
-    resumable: bool = False  # keep the work dir across a kill (the unit checkpoints inside it)
-
-    @property
-    def key(self) -> str:
-        return f"{self.stage}/{self.id}"
-
-    @property
-    def relpath(self) -> str:
-        """Single-unit stages (id == stage) live directly at runs/NAME/STAGE."""
-        return self.stage if self.id == self.stage else f"{self.stage}/{self.id}"
-
-
-@dataclass
-class UnitContext:
-    """What a stage's run() gets: its unit (params, settings), where to write, its inputs, a logger.
-
-    Deliberately not the config: a unit reads only what its plan put into params (fingerprinted) or
-    settings (declared not to change results), so its fingerprint covers everything it depends on.
-    """
-
-    unit: Unit
-    out: Path
-    inputs: dict[str, Path]
-    log: logging.Logger
-    processes: Processes = field(default_factory=Processes.single)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.unit.params
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.unit.settings
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.processes.is_main
-
-    def manifest(self, key: str) -> dict[str, Any]:
-        return json.loads((self.inputs[key] / "manifest.json").read_text())
-
-
-class Planned:
+class Planned(PlanView):
     """All units of a run with fingerprints, in an order where every unit comes after its inputs."""
 
     def __init__(self, units: list[Unit], versions: dict[str, int]) -> None:
+        super().__init__()
         by_key: dict[str, Unit] = {}
         for unit in units:
             if unit.key in by_key:
@@ -110,28 +52,6 @@ class Planned:
         for unit in self.by_key.values():  # inputs first, so their fingerprints exist
             inputs = {k: self.fingerprints[k] for k in unit.inputs}
             self.fingerprints[unit.key] = fingerprint(unit, versions.get(unit.stage, 1), inputs)
-
-    def units(self, stage: str) -> list[Unit]:
-        return [u for u in self.by_key.values() if u.stage == stage]
-
-    def get(self, key: str) -> Unit:
-        return self.by_key[key]
-
-    def __iter__(self) -> Iterator[Unit]:
-        return iter(self.by_key.values())
-
-
-class PlanSoFar:
-    """What a stage's plan() sees: the units the stages before it planned."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[str, Unit] = {}
-
-    def units(self, stage: str) -> list[Unit]:
-        return [u for u in self.by_key.values() if u.stage == stage]
-
-    def get(self, key: str) -> Unit:
-        return self.by_key[key]
 
 
 def dependency_order(units: list[Unit]) -> list[Unit]:
@@ -164,21 +84,22 @@ def metrics_digest(metrics: Any) -> str:
     return hashlib.sha256(json.dumps(metrics, sort_keys=True).encode()).hexdigest()
 
 
-def default_stages() -> dict[str, ModuleType]:
+def default_stages() -> dict[str, Stage]:
+    """The stage modules, loaded by name: orchestration knows them only through pipeline/unit.py."""
     import importlib
 
     return {name: importlib.import_module(f"pipeline.stages.{name}") for name in STAGES}
 
 
-def plan_run(cfg: Config, stages: dict[str, ModuleType]) -> Planned:
+def plan_run(cfg: Config, stages: dict[str, Stage]) -> Planned:
     """Every stage plans all of its own units (seeing the earlier stages' units); then fingerprints."""
-    so_far = PlanSoFar()
+    so_far = PlanView()
     units: list[Unit] = []
     for name, module in stages.items():
         for unit in module.plan(cfg, so_far):
             units.append(unit)
             so_far.by_key.setdefault(unit.key, unit)
-    return Planned(units, {name: getattr(module, "VERSION", 1) for name, module in stages.items()})
+    return Planned(units, {name: module.VERSION for name, module in stages.items()})
 
 
 # ---------------------------------------------------------------- on-disk state

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.errors import UserError, is_disk_error
 from pipeline.orchestration.executor import Executor, UnitOutcome
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 log = logging.getLogger("collapse")
 LOCK_POLL_SECONDS = 2.0

@@ -117,6 +117,19 @@ def corpus_documents(corpus_dir: str | Path, heldout: bool | None = None) -> lis
     return [r["text"] for r in rows if heldout is None or r["heldout"] == heldout]
 
 
+def teacher_model(teacher_dir: str | Path, device, trust_remote_code: bool):
+    """(model, tokenizer) of a teacher unit's model/, in bf16 on a GPU (fp32 on CPU), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.lm.sampling_device import sampling_dtype
+
+    model_dir = str(Path(teacher_dir) / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=sampling_dtype(device),
+                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
+    return model.to(device).eval(), tokenizer
+
+
 def corpus_diagnostics(corpus_dir: str | Path) -> dict[str, Any]:
     return read_json_object(Path(corpus_dir) / "diagnostics.json") or {}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import json_line
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
+from pipeline.unit import Unit
 
 NAME = "evaluate"
 VERSION = 1

@@ -28,8 +28,8 @@ from typing import Any
 
 from pipeline.analysis import fitting, generations, prediction, theory_fit
 from pipeline.io import write_json_atomic
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
+from pipeline.unit import Unit
 
 NAME = "fit"
 VERSION = 4

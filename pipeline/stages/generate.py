@@ -23,9 +23,9 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.io import write_json_atomic, write_text_atomic
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY, shard_id
+from pipeline.unit import Unit
 
 NAME = "generate"
 VERSION = 2
@@ -71,18 +71,6 @@ def run(ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------- shards
 
 
-def load_teacher(model_dir: Path, device, trust_remote_code: bool):
-    """The teacher checkpoint and tokenizer, in bf16 on a GPU (fp32 on CPU), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.lm.sampling_device import sampling_dtype
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=sampling_dtype(device),
-                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
-    return model.to(device).eval(), tokenizer
-
-
 def run_shard(ctx) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
@@ -91,8 +79,8 @@ def run_shard(ctx) -> dict[str, Any]:
 
     params, state = ctx.params, process_state()
     g, k = params["generation"], params["shard"]
-    model, tokenizer = load_teacher(Path(ctx.inputs[artifacts.teacher_key(g)]) / "model", state.device,
-                                    params["trust_remote_code"])
+    model, tokenizer = artifacts.teacher_model(ctx.inputs[artifacts.teacher_key(g)], state.device,
+                                               params["trust_remote_code"])
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"teacher/g{g}: its tokenizer has no EOS token; documents could not end")

@@ -16,9 +16,9 @@ from typing import Any
 
 from pipeline.data.mixing import write_mixture
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
+from pipeline.unit import Unit
 
 NAME = "mix"
 VERSION = 1

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.packing import concatenated_ids, load_blocks, pack_documents, save_dataset
-from pipeline.data.sources import load_documents
+from pipeline.data.sources import REFERENCE_LANGUAGE, load_documents
 from pipeline.data.splits import SPLITS, deduplicate, split_documents
 from pipeline.data.tokenizer import (
     load_pretrained_tokenizer,
@@ -31,8 +31,6 @@ from pipeline.unit import Unit
 
 NAME = "prepare"
 VERSION = 1
-KEY = "prepare/prepare"
-REFERENCE = "builtin:reference-language"
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -55,7 +53,7 @@ def prepare_params(cfg) -> dict[str, Any]:
         source["content"] = files_identity(corpus.source.removeprefix("files:"))
     if corpus.source == "builtin:wikipedia":
         source["min_chars"] = corpus.min_chars
-    if corpus.source == REFERENCE:
+    if corpus.source == REFERENCE_LANGUAGE:
         source["reference"] = corpus.reference.model_dump(mode="json")
     tok = cfg.tokenizer
     if tok.kind == "bpe":
@@ -103,7 +101,7 @@ def run(ctx) -> dict[str, Any]:
             ctx.log.warning("prepare: %s tokens decode to %d bytes, the text has %d: bits per byte will use "
                             "the text's bytes", name, stats["token_bytes"], stats["bytes"])
         metrics["splits"][name] = stats
-    if corpus["source"] == REFERENCE:
+    if corpus["source"] == REFERENCE_LANGUAGE:
         metrics["reference"] = _reference_entropies(corpus["reference"], splits, metrics["splits"])
     return metrics
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline.analysis import figures, report_text
 from pipeline.io import read_json_object, write_text_atomic
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
+from pipeline.unit import Unit
 
 NAME = "report"
 VERSION = 3

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
+from pipeline.unit import Unit
 
 NAME = "teacher"
 VERSION = 2

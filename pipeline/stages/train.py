@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
+from pipeline.unit import Unit
 
 NAME = "train"
 VERSION = 1

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 TRAIN_STEPS = 6
 CHECKPOINTED = 75  # exit code: "checkpoint saved, requeue me"

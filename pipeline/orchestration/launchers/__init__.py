@@ -1,8 +1,10 @@
-"""Launchers start a unit's process; they share one contract: `launch(executor, unit) -> UnitOutcome`,
-and `unit_states(cfg, executor) -> {unit key: scheduler state}` for `collapse status`.
+"""Launchers start a unit's process; they share one contract: `launch(executor, unit) -> UnitOutcome`
+(local: in this process; accelerate: under `accelerate launch` for multiprocess units).
 
-Whatever starts it — this process, `accelerate launch`, a Slurm array task — the unit itself always
-runs through `Executor.execute`, so locking, manifests and atomic renames are the same everywhere.
+Slurm is not one of them: `collapse submit` hands the whole plan to Slurm as job arrays (slurm.py), and
+`scheduler_states` below reads back what Slurm says of each unit for `collapse status`. Whatever starts
+a unit — this process, `accelerate launch`, a Slurm array task — it always runs through
+`Executor.execute`, so locking, manifests and atomic renames are the same everywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +26,6 @@ def get_launcher(cfg: Config, resolved_config: Path):
 
 def scheduler_states(cfg: Config, executor) -> dict[str, str]:
     """What a batch scheduler says of each unit (Slurm job state), for `collapse status`; {} without one."""
-    from pipeline.orchestration.launchers.slurm import SlurmLauncher
+    from pipeline.orchestration.launchers.slurm import unit_states
 
-    return SlurmLauncher().unit_states(cfg, executor)
+    return unit_states(cfg, executor)

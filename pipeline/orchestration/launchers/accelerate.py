@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.errors import DISK_ERRORS, UserError
 from pipeline.orchestration.executor import Executor, UnitOutcome
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 
 class AccelerateLauncher:
@@ -45,9 +45,6 @@ class AccelerateLauncher:
             raise RuntimeError(f"accelerate launch exited {proc.returncode}; log: {log_path}")
         status = executor.state(unit)
         return UnitOutcome(unit, "ran" if status == "done" else status, time.time() - started)
-
-    def unit_states(self, cfg, executor) -> dict[str, str]:
-        return {}  # the children run inside launch(); nothing is queued
 
 
 def _last_error_line(path: Path) -> str | None:

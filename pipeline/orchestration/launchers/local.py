@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pipeline.orchestration.executor import Executor, UnitOutcome
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 
 class LocalLauncher:
     def launch(self, executor: Executor, unit: Unit) -> UnitOutcome:
         return executor.execute(unit)
-
-    def unit_states(self, cfg, executor) -> dict[str, str]:
-        return {}  # nothing runs outside this process

@@ -1,5 +1,10 @@
 """`collapse submit`: the pending units of a run as Slurm job arrays chained with afterok dependencies.
 
+Slurm is not a launcher (pipeline/orchestration/launchers/__init__.py): a launcher starts one unit and
+returns its outcome, while Slurm is handed the whole plan at once and runs it later, each array task
+running its unit through `collapse stage` (the same `Executor.execute` as every launcher). So this module
+offers `submit` (for `collapse submit`) and `unit_states` (what Slurm says of each unit, for `collapse status`).
+
 Units of one stage can depend on units of the same stage or of later stages across generations
 (teacher g1 needs generate g0, which needs teacher g0; a generation's corpus unit needs its shards). So
 the units to submit are grouped into waves: a unit's level is one more than the highest level among
@@ -30,10 +35,11 @@ from typing import Any, Callable
 from pipeline.config import STAGES, Config
 from pipeline.errors import UserError
 from pipeline.orchestration.executor import Executor
-from pipeline.orchestration.launchers import slurm_state
+from pipeline.orchestration.launchers.slurm_state import TaskState, task_states
+from pipeline.orchestration.launchers.slurm_state import max_array_size as cluster_max_array_size
 from pipeline.orchestration.launchers.slurm_templates import render_script, sbatch_options, task_shape
 from pipeline.io import write_json_atomic, write_text_atomic
-from pipeline.orchestration.runner import Unit
+from pipeline.unit import Unit
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, used when the cluster cannot be asked
 ENTRY = ["-m", "pipeline"]  # python arguments that start the collapse CLI in an array task
@@ -156,7 +162,7 @@ def queued_units(cfg: Config) -> dict[str, str]:
     """Units whose latest array task is still pending or running: unit key -> "JOB_TASK"."""
     jobs = read_jobs(cfg)
     tasks = latest_tasks(jobs)
-    states = slurm_state.task_states(_array_sizes(tasks, jobs))
+    states = task_states(_array_sizes(tasks, jobs))
     return {key: f"{t['job_id']}_{t['task']}" for key, t in tasks.items()
             if (s := states.get((t["job_id"], t["task"]))) is not None and s.live}
 
@@ -195,7 +201,7 @@ def submit(cfg: Config, executor: Executor, selected_stages: list[str], resolved
 
 
 def _max_array_size(cfg: Config) -> int:
-    return cfg.slurm.max_array_size or slurm_state.max_array_size() or DEFAULT_MAX_ARRAY_SIZE
+    return cfg.slurm.max_array_size or cluster_max_array_size() or DEFAULT_MAX_ARRAY_SIZE
 
 
 def _submission_dir(cfg: Config, dry_run: bool) -> Path:
@@ -306,7 +312,7 @@ def unit_states(cfg: Config, executor: Executor) -> dict[str, str]:
     """
     jobs = read_jobs(cfg)
     tasks = latest_tasks(jobs)
-    states = slurm_state.task_states(_array_sizes(tasks, jobs))
+    states = task_states(_array_sizes(tasks, jobs))
     out = {}
     for key, task in tasks.items():
         state = states.get((task["job_id"], task["task"]))
@@ -315,7 +321,7 @@ def unit_states(cfg: Config, executor: Executor) -> dict[str, str]:
     return out
 
 
-def describe(state: slurm_state.TaskState, task: str, log: str) -> str:
+def describe(state: TaskState, task: str, log: str) -> str:
     text = f"{state.state} {task}"
     if state.reason:
         text += f" ({state.reason})"
@@ -330,15 +336,3 @@ def _short(path: str) -> str:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return path
-
-
-class SlurmLauncher:
-    """The launcher contract on Slurm: units are submitted as job arrays (`collapse submit`), so
-    `launch` is a whole-plan `submit`; `unit_states` reads what Slurm says of each submitted unit."""
-
-    def submit(self, cfg: Config, executor: Executor, stages: list[str], resolved: Path, dry_run: bool = False,
-               save_config: Callable[[], Any] | None = None) -> int:
-        return submit(cfg, executor, stages, resolved, dry_run=dry_run, save_config=save_config)
-
-    def unit_states(self, cfg: Config, executor: Executor) -> dict[str, str]:
-        return unit_states(cfg, executor)
