@@ -68,7 +68,7 @@ def fake_cfg(generate_mode="replace", generations=1) -> SimpleNamespace:
         teacher=SimpleNamespace(model=SimpleNamespace(pretrained=None, label="gpt2-nano", finetune="full")),
         generate=SimpleNamespace(mode=generate_mode, generations=generations, temperature=1.0, top_p=1.0, top_k=0),
         mix=SimpleNamespace(mode="replace"), train=SimpleNamespace(seeds=[0, 1]),
-        fit=dump({"shared_exponent": True, "bootstrap": 60, "accumulate_margin": 0.02}), report=dump({"title": None, "theory_figures": False}))
+        fit=dump({"share": "exponent", "bootstrap": 60, "accumulate_margin": 0.02}), report=dump({"title": None, "theory_figures": False}))
 
 
 def fake_planned(inputs: dict[str, Path]) -> SimpleNamespace:
@@ -93,7 +93,7 @@ def test_plans_put_what_run_reads_into_params():
     planned = fake_planned({"evaluate/a": Path("a"), "generate/g0": Path("g"), "generate/g0-s000": Path("s")})
     [fit_unit] = fit.plan(fake_cfg(), planned)
     assert fit_unit.inputs == ("evaluate/a", "generate/g0")
-    assert fit_unit.params["fit"] == {"shared_exponent": True, "bootstrap": 60, "accumulate_margin": 0.02}
+    assert fit_unit.params["fit"] == {"share": "exponent", "bootstrap": 60, "accumulate_margin": 0.02}
     assert fit_unit.params["generate_mode"] == "replace"
     [report_unit] = report.plan(fake_cfg(), planned)
     assert "fit/fit" in report_unit.inputs and "generate/g0-s000" not in report_unit.inputs
@@ -153,15 +153,17 @@ def test_model_sizes_are_a_structure_and_render_as_a_table(tmp_path):
     assert '{"' not in text and "'compared'" not in text, "no raw JSON in the report"
     gaps = fitted["collapse_gap"]
     assert {(g["curve"], g["fraction"]) for g in gaps} == {(s, p) for s in ("small", "large") for p in (0.2, 0.5)}
-    for g in gaps:
-        assert g["plateau_gap"] == pytest.approx(g["fraction"] ** 2 * TRUTH["c2"], abs=0.03)
+    for g in gaps:  # over 10k-40k the curves have not flattened: no plateau gap is given, the measured gap is
+        assert g["plateau_identified"] is False and g["plateau_gap"] is None and g["plateau_gap_ci"] is None
         assert g["measured_gap_ci"][0] <= g["measured_gap"] <= g["measured_gap_ci"][1]
+    assert "has not flattened" in fitted["students"]["small"]["identification"]["per_fraction"]["0"]["missing"]
     assert (out / "figures" / "gap_vs_size.png").is_file()
 
 
 def test_plateau_figure_fits_both_theory_forms_and_says_which_the_data_support(tmp_path):
     fractions = (0.0, 0.1, 0.3, 0.6, 1.0)
-    rows = make_rows(fractions=fractions, budgets=(10_000, 40_000, 160_000), noise=0.001)
+    # Noise small enough that the smallest plateau gap (E_0.1 − E_0 = 0.008) is identified to within ±50%.
+    rows = make_rows(fractions=fractions, budgets=(10_000, 40_000, 160_000), noise=0.0003)
     fitted, text, _ = run_stages(tmp_path, rows)
     theory = fitted["students"]["gpt2-nano"]["theory"]
     assert theory["source"] == "fitted plateaus E_p"

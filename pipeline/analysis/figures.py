@@ -105,6 +105,33 @@ def loss_vs_budget(rows: list[dict], fit: dict, path: Path, excess: bool = False
     return _save(fig, path)
 
 
+def gap_vs_budget(fit: dict, path: Path) -> Path:
+    """The measured gap L_p(n) − L_0(n) vs n per curve and p > 0, with its 95% Welch interval at every budget:
+    filled where p sits above p = 0 after the Holm correction; the legend gives the gap's trend with n."""
+    students = {label: s for label, s in sorted(fit["students"].items())
+                if (s.get("gap_trends") or {}).get("per_fraction")}
+    fig, axes = plt.subplots(1, max(len(students), 1), figsize=(5.5 * max(len(students), 1), 4.2), squeeze=False)
+    for ax, (label, student) in zip(axes[0], students.items()):
+        for p, trend in student["gap_trends"]["per_fraction"].items():
+            gaps = [trend["gaps"][str(n)] for n in trend["budgets"]]
+            for n, gap in zip(trend["budgets"], gaps):
+                low, high = gap["gap_ci"] or [gap["gap"]] * 2
+                ax.errorbar([n], [gap["gap"]], yerr=[[gap["gap"] - low], [high - gap["gap"]]], fmt="o", capsize=3,
+                            color=_colour(float(p)), mfc=_colour(float(p)) if gap.get("above") else "white")
+            slope = trend.get("slope_per_doubling")
+            verdict = f"{trend['verdict']} ({slope:+.3f} per doubling)" if trend.get("verdict") else "no trend test"
+            ax.plot(trend["budgets"], [g["gap"] for g in gaps], color=_colour(float(p)), lw=1,
+                    label=f"p = {p}: {verdict}")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens n")
+        ax.set_ylabel("measured gap L_p(n) − L_0(n) (nats/token)")
+        ax.set_title(f"{label}: measured gap vs n, 95% intervals (filled: above p = 0, Holm)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _theory_points(ax, student: dict, colour, label: str) -> tuple[list[float], list[float]] | None:
     theory = student.get("theory") or {}
     if not theory.get("fitted"):

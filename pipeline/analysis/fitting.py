@@ -1,34 +1,35 @@
 """Fits of measured losses (pure numpy/scipy; arguments in, JSON-able dicts out).
 
-- `fit_scaling_curves`: L_p(n) = E_p + A·n^(−α) per synthetic fraction p, least squares on log L, bootstrap
-  intervals, the collapse gap E_p − E_0 and the curve's value at budgets it did not see (`predict_at`).
+- `fit_curves`, `fit_scaling_curves`: L_p(n) = E_p + A_p·n^(−α) per synthetic fraction p (`power_law`: weighted least
+  squares on the cell means over seeds, α searched on one grid), with a 95% interval for every parameter and
+  derived quantity (plateau gap E_p − E_0, the curve at budgets it did not see, its remaining decline) from one set
+  of joint draws (INTERVAL_METHOD), and two F tests of the form: one amplitude for all curves, and lack of fit.
 - `fit_tail_model`, `predicted_tail_cutoff`: Zipf exponent β of a rank-frequency list and the tail cut that
   top-p sampling or a finite teacher implies (A Tale of Tails, Dohmatob et al. 2024: a cut at rank k leaves a
   plateau of order k^−(β−1); via `pipeline.theory.tails`).
 The linear theory fitted to the plateaus and the model-size comparison are in `theory_fit.py`; predict-then-verify
-and the measured summaries (seed means, gaps, trends over generations) in `prediction.py`.
+and the measured summaries (seed means, gaps and their trend over budgets) in `prediction.py`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.stats import f as f_distribution
 
+from pipeline.analysis.intervals import percentile_interval
+from pipeline.analysis.power_law import ALPHA_BOUNDS, PowerLaw
 from pipeline.theory import tails
 
-ALPHA_BOUNDS = (1e-4, 2.0)  # α in (0, 2]
-_ALPHA_STARTS = (0.1, 0.3, 0.7, 1.5)  # multi-start: log-space fits of power laws have local minima in α
+LEVEL = 0.05  # significance level of the F tests of the form
+INTERVAL_METHOD = (
+    "studentised parametric bootstrap: cell means simulated from the fitted curves with the seed noise, its scale "
+    "drawn from the noise estimate's chi-square (so every interval carries the t distribution of that estimate's "
+    "degrees of freedom), each refitted by the same grid search in alpha as the fit; 2.5 and 97.5 percentiles")
 _REQUIRED = {"synthetic_fraction": float, "token_budget": int, "seed": int, "loss": float}
 
 
 def _key(p: float) -> str:
     return f"{p:g}"
-
-
-def _interval(samples) -> list[float] | None:
-    samples = np.asarray(samples, dtype=float)
-    samples = samples[np.isfinite(samples)]
-    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))] if samples.size else None
 
 
 def _rows_to_arrays(rows):
@@ -48,195 +49,208 @@ def _rows_to_arrays(rows):
     if np.any(arrays["token_budget"] <= 0):
         raise ValueError("rows: token_budget must be > 0")
     if np.any(~np.isfinite(arrays["loss"])) or np.any(arrays["loss"] <= 0):
-        raise ValueError("rows: loss must be finite and > 0 (fits are in log L)")
+        raise ValueError("rows: loss must be finite and > 0 (leave out non-finite rows with `finite_rows`)")
     if np.any(arrays["synthetic_fraction"] < 0) or np.any(arrays["synthetic_fraction"] > 1):
         raise ValueError("rows: synthetic_fraction must be in [0, 1]")
     return arrays
 
 
+def finite_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """(rows with a finite loss, the units of those left out): one diverged run must not stop a fit."""
+    kept, left_out = [], []
+    for row in rows:
+        loss = row.get("loss")
+        finite = isinstance(loss, (int, float)) and not isinstance(loss, bool) and bool(np.isfinite(loss))
+        (kept if finite else left_out).append(row if finite else str(row.get("unit", row)))
+    return kept, left_out
+
+
 # ------------------------------------------------------------------------------------------ scaling curves
 
 
-class _CurveModel:
-    """log L_i = log(E_{f(i)} + A'_{g(i)}·(n_i/n_ref)^(−α_{g(i)})); g = 0 when α, A are shared, else g = f.
-
-    The reference budget n_ref (geometric mean) keeps A' of order one; A = A'·n_ref^α is reported.
-    Parameter vector: [E_0..E_{F−1}, log A'_0.., α_0..].
-    """
-
-    def __init__(self, fraction_index, budgets, n_fractions, shared):
-        self.fraction_index = fraction_index
-        self.n_ref = float(np.exp(np.mean(np.log(budgets))))
-        self.log_scaled = np.log(budgets / self.n_ref)
-        self.n_fractions = n_fractions
-        self.n_groups = 1 if shared else n_fractions
-        self.group_index = np.zeros_like(fraction_index) if shared else fraction_index
-
-    def unpack(self, theta):
-        F, G = self.n_fractions, self.n_groups
-        return theta[:F], theta[F:F + G], theta[F + G:]
-
-    def predict(self, theta):
-        plateau, log_amp, alpha = self.unpack(theta)
-        g = self.group_index
-        return plateau[self.fraction_index] + np.exp(log_amp[g] - alpha[g] * self.log_scaled)
-
-    def bounds(self):
-        F, G = self.n_fractions, self.n_groups
-        lower = np.r_[np.zeros(F), np.full(G, -np.inf), np.full(G, ALPHA_BOUNDS[0])]
-        upper = np.r_[np.full(F, np.inf), np.full(G, np.inf), np.full(G, ALPHA_BOUNDS[1])]
-        return lower, upper
-
-    def fit(self, loss, starts):
-        """Best least-squares fit of log L over the given starting vectors."""
-        log_loss = np.log(loss)
-        lower, upper = self.bounds()
-        best = None
-        for theta0 in starts:
-            result = least_squares(lambda t: np.log(self.predict(t)) - log_loss, np.clip(theta0, lower, upper),
-                                   bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=2000)
-            if best is None or result.cost < best.cost:
-                best = result
-        return best.x
-
-    def starts(self, loss):
-        """Plateaus at half the smallest loss of each fraction, amplitudes matching the mean excess."""
-        plateau = np.array([0.5 * loss[self.fraction_index == f].min() for f in range(self.n_fractions)])
-        excess = np.maximum(loss - plateau[self.fraction_index], 1e-3 * loss)
-        log_amp = np.full(self.n_groups, np.log(np.mean(excess)))
-        return [np.r_[plateau, log_amp, np.full(self.n_groups, a)] for a in _ALPHA_STARTS]
+def _cells(data) -> tuple[np.ndarray, dict, tuple[float, int]]:
+    """(fractions, cells {fraction_index, budgets, seeds, means}, pure error (sum of squares, dof)) of the rows."""
+    fractions, fraction_of_row = np.unique(data["synthetic_fraction"], return_inverse=True)
+    pairs, cell_of_row = np.unique(np.c_[fraction_of_row.ravel(), data["token_budget"]], axis=0, return_inverse=True)
+    cell_of_row = cell_of_row.ravel()
+    seeds = np.bincount(cell_of_row)
+    means = np.bincount(cell_of_row, weights=data["loss"]) / seeds
+    squares = float(np.sum((data["loss"] - means[cell_of_row]) ** 2))
+    cells = {"fraction_index": pairs[:, 0].astype(int), "budgets": pairs[:, 1].astype(float), "seeds": seeds,
+             "means": means}
+    return fractions, cells, (squares, int(np.sum(seeds - 1)))
 
 
-def _bootstrap_sample(rng, fraction_index, budgets, seeds, log_loss, n_fractions):
-    """(row indices, log losses, unit) of one bootstrap replicate.
-
-    unit "seed": every (fraction, budget) cell has several seeds (independent runs); each cell's runs are
-    resampled with replacement and their spread around the cell mean is rescaled by √(k/(k−1)), the usual
-    small-sample correction (a plain resample of k runs has only (k−1)/k of their variance). Measured on 100
-    synthetic data sets (4 fractions × 7 budgets, 0.3% noise): the 95% intervals covered the true α in 97% / 92%
-    of them with 3 / 6 seeds and the true E_p in 91% / 89%; resampling whole seed curves instead covered α in
-    only 82% (3 seeds, 40 data sets). Row resampling with one seed: 96% (α), 91% (E_p).
-    unit "row": otherwise, rows are resampled within each fraction, keeping each fraction's number of points.
-    """
-    cells = {}
-    for i, key in enumerate(zip(fraction_index, budgets)):
-        cells.setdefault(key, []).append(i)
-    if all(np.unique(seeds[idx]).size > 1 for idx in cells.values()):
-        chosen, values = [], []
-        for idx in cells.values():
-            k = len(idx)
-            centre = log_loss[idx].mean()
-            draw = rng.choice(idx, size=k, replace=True)
-            chosen.append(draw)
-            values.append(centre + np.sqrt(k / (k - 1)) * (log_loss[draw] - centre))
-        return np.concatenate(chosen), np.concatenate(values), "seed"
-    chosen = np.concatenate([rng.choice(np.flatnonzero(fraction_index == f), size=int(np.sum(fraction_index == f)),
-                                        replace=True) for f in range(n_fractions)])
-    return chosen, log_loss[chosen], "row"
+def _noise(pure_error: tuple[float, int], rss: float, spare: int) -> dict | None:
+    """Seed noise of one loss (nats) with its degrees of freedom: the spread of seeds within cells, model-free;
+    with one seed per cell, the fit's residual; None when neither has a degree of freedom."""
+    squares, dof = pure_error
+    if dof > 0:
+        return {"sd": float(np.sqrt(squares / dof)), "dof": dof,
+                "source": "pure error: the spread of the seeds within each (p, n) cell"}
+    if spare > 0:
+        return {"sd": float(np.sqrt(rss / spare)), "dof": spare, "source": "residual of the fit (one seed per cell)"}
+    return None
 
 
-def _identifiability_warnings(fractions, budgets_per_fraction, shared, theta, model):
-    notes = []
-    weak = [_key(p) for p, b in zip(fractions, budgets_per_fraction) if b < 3]
-    if weak:
-        notes.append(f"fewer than 3 distinct budgets for p in {weak}: the plateau E_p is weakly identified "
-                     "(E_p, A and alpha trade off; bootstrap intervals understate the uncertainty)")
-    plateau, _, alpha = model.unpack(theta)
-    if np.any(np.isclose(alpha, ALPHA_BOUNDS[1])) or np.any(alpha <= 2 * ALPHA_BOUNDS[0]):
-        notes.append("alpha hit a bound of (0, 2]: the exponent is not determined by these budgets")
-    at_zero = [_key(p) for p, e in zip(fractions, plateau) if e <= 1e-9]
-    if at_zero:
-        notes.append(f"E_p fitted at its bound 0 for p in {at_zero}: no plateau visible at these budgets")
-    if not shared and min(budgets_per_fraction) < 3:
-        notes.append("shared=False needs >= 3 budgets per fraction to identify E_p, A_p and alpha_p")
-    return notes
+def _f_test(extra_rss: float, extra_dof: int, noise: dict | None) -> dict | None:
+    if noise is None or extra_dof <= 0:
+        return None
+    statistic = max(extra_rss, 0.0) / extra_dof / noise["sd"] ** 2
+    return {"F": float(statistic), "dof": [int(extra_dof), int(noise["dof"])],
+            "p_value": float(f_distribution.sf(statistic, extra_dof, noise["dof"]))}
 
 
-def _bootstrap_replicates(model, theta, data, fraction_index, n_fractions, shared, bootstrap, seed):
-    """(plateaus [B, F], amplitudes [B, G], exponents [B, G], unit) of `bootstrap` refits on resampled data."""
-    rng = np.random.default_rng(seed)
-    budgets, loss, seeds = data["token_budget"].astype(float), data["loss"], data["seed"]
-    plateaus, amplitudes, alphas, unit = [], [], [], None
-    for _ in range(bootstrap):
-        idx, log_loss, unit = _bootstrap_sample(rng, fraction_index, budgets, seeds, np.log(loss), n_fractions)
-        boot = _CurveModel(fraction_index[idx], budgets[idx], n_fractions, shared)
-        plateau, log_amp, alpha = boot.unpack(boot.fit(np.exp(log_loss), [theta.copy()]))  # warm start
-        plateaus.append(plateau)
-        amplitudes.append(np.exp(log_amp) * boot.n_ref**alpha)
-        alphas.append(alpha)
-    G = model.n_groups
-    shape = lambda values, width: np.array(values, dtype=float).reshape(len(values), width)
-    return shape(plateaus, n_fractions), shape(amplitudes, G), shape(alphas, G), unit
+def _amplitude_test(cells: dict, n_fractions: int, pure_error: tuple[float, int]) -> dict | None:
+    """Extra-sum-of-squares F test of one amplitude A for every curve against A_p per curve (both with one α)."""
+    if n_fractions < 2:
+        return None
+    args = (cells["fraction_index"], cells["budgets"], cells["seeds"], n_fractions)
+    free = PowerLaw(*args, share="exponent")
+    free_rss = float(free.fit(cells["means"])["rss"])
+    shared_rss = float(PowerLaw(*args, share="exponent_and_amplitude").fit(cells["means"])["rss"])
+    noise = _noise(pure_error, free_rss, cells["means"].size - free.n_parameters)
+    test = _f_test(shared_rss - free_rss, n_fractions - 1, noise)
+    return test and {**test, "level": LEVEL, "rejects_shared_amplitude": test["p_value"] < LEVEL}
 
 
-def _fraction_entry(f, point, boot, predict_at, shared, counts):
-    """One fraction's fitted plateau (and gap to p = 0, predictions at `predict_at`) with 95% intervals.
+class CurveFit:
+    """One fit of the law to rows: the point estimate and B joint draws of every parameter (arrays [F], [B, F])."""
 
-    point and boot are (plateaus, amplitudes, exponents): the point estimate as [1, ·] arrays, the replicates [B, ·].
-    """
-    g = 0 if shared else f
-    ci = (lambda samples: _interval(samples)) if boot[0].size else (lambda samples: None)
-    entry = {"E": float(point[0][0, f]), "E_ci": ci(boot[0][:, f]), "points": counts[0], "budgets": counts[1]}
-    if not shared:
-        entry.update(alpha=float(point[2][0, g]), alpha_ci=ci(boot[2][:, g]), A=float(point[1][0, g]),
-                     A_ci=ci(boot[1][:, g]))
+    def __init__(self, rows, share: str = "exponent", bootstrap: int = 200, seed: int = 0):
+        if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+            raise ValueError(f"bootstrap must be an integer >= 0, got {bootstrap!r}")
+        data = _rows_to_arrays(rows)
+        self.n_rows = int(data["loss"].size)
+        self.fractions, self.cells, pure_error = _cells(data)
+        self.notes: list[str] = []
+        self.amplitude_test = _amplitude_test(self.cells, self.fractions.size, pure_error) if share != "nothing" \
+            else None
+        if share == "exponent_and_amplitude" and self.amplitude_test and self.amplitude_test["rejects_shared_amplitude"]:
+            share = "exponent"
+            self.notes.append(f"one amplitude for every curve is rejected (F test p = "
+                              f"{self.amplitude_test['p_value']:.3g}): fitted with A_p per curve")
+        self.share = share
+        cells = self.cells
+        self.law = PowerLaw(cells["fraction_index"], cells["budgets"], cells["seeds"], self.fractions.size, share)
+        self.point = self.law.fit(cells["means"])
+        spare = cells["means"].size - self.law.n_parameters
+        self.noise = _noise(pure_error, float(self.point["rss"]), spare)
+        self.lack_of_fit = _f_test(float(self.point["rss"]), spare, self.noise) if pure_error[1] else None
+        self.draws, self.scales = self._draw(bootstrap, seed)
+
+    def _draw(self, count: int, seed: int) -> tuple[dict, np.ndarray]:
+        """Refits of cell means simulated from the fitted curves; each draw's noise scale from sd·√(dof/χ²_dof)."""
+        F = self.fractions.size
+        if self.noise is None or count == 0:
+            return {key: np.empty((0, F)) for key in ("alpha", "plateau", "amplitude")}, np.empty(0)
+        rng = np.random.default_rng(seed)
+        dof, cells = self.noise["dof"], self.cells
+        scales = self.noise["sd"] * np.sqrt(dof / rng.chisquare(dof, count))
+        fitted = self.law.curve(self.point, cells["budgets"], cells["fraction_index"])
+        simulated = fitted + scales[:, None] * rng.standard_normal((count, fitted.size)) / np.sqrt(cells["seeds"])
+        draws = self.law.fit(simulated)
+        draws.pop("rss")
+        return draws, scales
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.scales.size)
+
+    def quantity(self, value) -> tuple[float, list[float] | None]:
+        """(point, 95% interval) of value(params), a function of the parameter arrays [..., F] -> [...]."""
+        point = float(value(self.point))
+        return point, (percentile_interval(value(self.draws)) if self.n_draws else None)
+
+    def at(self, budget: float, f: int):
+        """The curve of fraction index f at a budget, as a function of the parameters (for `quantity`)."""
+        return lambda params: self.law.curve(params, [budget], [f])[..., 0]
+
+    def new_mean_draws(self, budget: float, f: int, seeds: int, seed: int = 0) -> np.ndarray:
+        """Draws of the measured mean over `seeds` new runs at a budget: the curve plus their seed noise."""
+        rng = np.random.default_rng(seed)
+        curve = self.at(budget, f)(self.draws)
+        return curve + self.scales * rng.standard_normal(self.n_draws) / np.sqrt(seeds)
+
+    def budgets_of(self, f: int) -> np.ndarray:
+        return np.unique(self.cells["budgets"][self.cells["fraction_index"] == f])
+
+    def amplitude(self, f: int):
+        """A_p in the units of L = E + A·n^(−α) (the law holds A at the reference budget)."""
+        return lambda params: params["amplitude"][..., f] * self.law.n_ref ** params["alpha"][..., f]
+
+
+def _fraction_entry(fit: CurveFit, f: int, predict_at) -> dict:
+    """One fraction's parameters, fitted decline over its budgets and remaining decline beyond them, 95% intervals."""
+    budgets = fit.budgets_of(f)
+    plateau = lambda params: params["plateau"][..., f]
+    first, last = fit.at(budgets[0], f), fit.at(budgets[-1], f)
+    entry = {"points": int(fit.cells["seeds"][fit.cells["fraction_index"] == f].sum()), "budgets": int(budgets.size)}
+    for name, value in (("E", plateau), ("A", fit.amplitude(f)), ("alpha", lambda params: params["alpha"][..., f]),
+                        ("remaining", lambda params: last(params) - plateau(params)),
+                        ("gap", lambda params: plateau(params) - params["plateau"][..., 0])):
+        entry[name], entry[f"{name}_ci"] = fit.quantity(value)
+    entry["decline"] = float(first(fit.point) - last(fit.point))
+    if fit.fractions[0] != 0.0:
+        del entry["gap"], entry["gap_ci"]
     if predict_at:
         entry["predicted"] = {}
         for n in predict_at:
-            value = lambda arrays, n=float(n): arrays[0][:, f] + arrays[1][:, g] * n ** (-arrays[2][:, g])
-            samples = value(boot)
-            log_sd = float(np.std(np.log(samples[samples > 0]), ddof=1)) if samples.size > 1 else None
-            entry["predicted"][str(int(n))] = {"value": float(value(point)[0]), "ci": ci(samples), "log_sd": log_sd}
+            value, ci = fit.quantity(fit.at(float(n), f))
+            entry["predicted"][str(int(n))] = {"value": value, "ci": ci}
     return entry
 
 
-def fit_scaling_curves(rows, shared=True, bootstrap=200, seed=0, predict_at=()) -> dict:
-    """Fit L_p(n) = E_p + A·n^(−α) to rows of {synthetic_fraction, token_budget, seed, loss}.
+def _warnings(fit: CurveFit) -> list[str]:
+    notes = list(fit.notes)
+    weak = [_key(p) for f, p in enumerate(fit.fractions) if fit.budgets_of(f).size < 3]
+    if weak:
+        notes.append(f"fewer than 3 distinct budgets for p in {weak}: E_p and A_p are not separated by these "
+                     "budgets (no plateau can be identified)")
+    alpha = fit.point["alpha"]
+    if np.any(alpha <= ALPHA_BOUNDS[0] * (1 + 1e-9)) or np.any(alpha >= ALPHA_BOUNDS[1] * (1 - 1e-9)):
+        notes.append(f"alpha at a bound of [{ALPHA_BOUNDS[0]:g}, {ALPHA_BOUNDS[1]:g}]: the exponent is not "
+                     "determined by these budgets")
+    if fit.noise is None:
+        notes.append("no interval: one seed per cell and no degree of freedom left over the fit")
+    if fit.lack_of_fit and fit.lack_of_fit["p_value"] < LEVEL:
+        notes.append(f"the law misses the cell means by more than the seed noise explains (lack-of-fit F test "
+                     f"p = {fit.lack_of_fit['p_value']:.3g}): its intervals count the seed noise only")
+    return notes
 
-    A and α are shared across fractions by default (shared=False: one pair per fraction). Least squares on
-    log L with E_p >= 0 and α in (0, 2], multi-start in α. Uncertainty: `bootstrap` replicates resampling the
-    seeds (runs) of every (fraction, budget) cell when each has several, else rows within each fraction; 95%
-    percentile intervals. With few seeds the intervals are somewhat too narrow (bootstrap variance ∝ (k−1)/k).
-    With p = 0 among the fractions, every fraction also gets its collapse gap E_p − E_0 ("gap", "gap_ci", the
-    interval from the same replicates); `predict_at` budgets get the fitted curve's value there ("predicted").
-    Returns a JSON-able dict; a "warning" field says when the plateau or α is weakly identified.
+
+def fit_curves(rows, share: str = "exponent", bootstrap: int = 200, seed: int = 0) -> CurveFit:
+    """The law fitted to rows of {synthetic_fraction, token_budget, seed, loss}, with `bootstrap` joint draws."""
+    return CurveFit(rows, share=share, bootstrap=bootstrap, seed=seed)
+
+
+def fit_scaling_curves(rows, share: str = "exponent", bootstrap: int = 200, seed: int = 0, predict_at=()) -> dict:
+    """Fit L_p(n) = E_p + A_p·n^(−α) to rows of {synthetic_fraction, token_budget, seed, loss}: a JSON-able dict.
+
+    share: what the curves have in common (`power_law.SHARES`; "exponent_and_amplitude" only where the F test of
+    one amplitude does not reject it). Every "*_ci" is a 95% interval from `bootstrap` joint draws
+    (INTERVAL_METHOD); "plateau_draws" holds those draws of [E_p for p in "fractions"] for joint use downstream.
+    With p = 0 among the fractions, each also gets its plateau gap E_p − E_0 ("gap"); `predict_at` budgets get the
+    fitted curve there ("predicted"). "warning" says what these data cannot determine.
     """
-    data = _rows_to_arrays(rows)
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise ValueError(f"bootstrap must be an integer >= 0, got {bootstrap!r}")
-    fractions, fraction_index = np.unique(data["synthetic_fraction"], return_inverse=True)
-    budgets, loss = data["token_budget"].astype(float), data["loss"]
-    F = fractions.size
-    model = _CurveModel(fraction_index, budgets, F, shared)
-    theta = model.fit(loss, model.starts(loss))
-    *boot, unit = _bootstrap_replicates(model, theta, data, fraction_index, F, shared, bootstrap, seed)
-    plateau, log_amp, alpha = model.unpack(theta)
-    amplitude = np.exp(log_amp) * model.n_ref**alpha
-    point = (plateau[None, :], amplitude[None, :], alpha[None, :])
-    budgets_per_fraction = [np.unique(budgets[fraction_index == f]).size for f in range(F)]
-    per_fraction = {_key(p): _fraction_entry(f, point, boot, predict_at, shared,
-                                             (int(np.sum(fraction_index == f)), int(budgets_per_fraction[f])))
-                    for f, p in enumerate(fractions)}
-    if fractions[0] == 0.0:
-        for f, p in enumerate(fractions):
-            per_fraction[_key(p)].update(gap=float(plateau[f] - plateau[0]),
-                                         gap_ci=_interval(boot[0][:, f] - boot[0][:, 0]) if bootstrap else None)
-    fitted = model.predict(theta)
-    ci = (lambda samples: _interval(samples)) if bootstrap else (lambda samples: None)
+    fit = fit_curves(rows, share=share, bootstrap=bootstrap, seed=seed)
+    cells = fit.cells
+    shared_alpha = fit.share != "nothing"
+    alpha, alpha_ci = fit.quantity(lambda params: params["alpha"][..., 0]) if shared_alpha else (None, None)
+    amplitude, amplitude_ci = fit.quantity(fit.amplitude(0)) if fit.share == "exponent_and_amplitude" else (None, None)
+    residual = cells["means"] - fit.law.curve(fit.point, cells["budgets"], cells["fraction_index"])
     result = {
-        "model": "L_p(n) = E_p + A * n^(-alpha), least squares on log L",
-        "shared": bool(shared),
-        "alpha": float(alpha[0]) if shared else None,
-        "alpha_ci": ci(boot[2][:, 0]) if shared else None,
-        "A": float(amplitude[0]) if shared else None,
-        "A_ci": ci(boot[1][:, 0]) if shared else None,
-        "per_fraction": per_fraction,
-        "rmse": float(np.sqrt(np.mean((fitted - loss) ** 2))),
-        "rmse_log": float(np.sqrt(np.mean((np.log(fitted) - np.log(loss)) ** 2))),
-        "n_rows": int(loss.size),
-        "bootstrap": {"replicates": int(bootstrap), "unit": unit},
+        "model": "L_p(n) = E_p + A_p * n^(-alpha), weighted least squares on the cell means over seeds (nats)",
+        "share": fit.share, "alpha": alpha, "alpha_ci": alpha_ci, "A": amplitude, "A_ci": amplitude_ci,
+        "fractions": [float(p) for p in fit.fractions],
+        "per_fraction": {_key(p): _fraction_entry(fit, f, predict_at) for f, p in enumerate(fit.fractions)},
+        "plateau_draws": fit.draws["plateau"].tolist(),
+        "noise": fit.noise, "amplitude_test": fit.amplitude_test, "lack_of_fit": fit.lack_of_fit,
+        "draws": fit.n_draws, "interval_method": INTERVAL_METHOD,
+        "rmse_cells": float(np.sqrt(np.average(residual**2, weights=cells["seeds"]))),
+        "n_rows": fit.n_rows, "n_cells": int(cells["means"].size),
     }
-    notes = _identifiability_warnings(fractions, budgets_per_fraction, shared, theta, model)
+    notes = _warnings(fit)
     if notes:
         result["warning"] = "; ".join(notes)
     return result

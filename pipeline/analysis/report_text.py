@@ -69,10 +69,11 @@ def predictions(fit: dict) -> list[str]:
     """Predict, then verify: the held-out largest budget against the curve fitted without it."""
     excess = bool(fit.get("reference_language"))
     lines = ["## Predict, then verify", "",
-             "For every curve with at least four budgets, L_p(n) = E_p + A·n^(−α) was fitted WITHOUT the largest "
+             "For every curve with at least four budgets, L_p(n) = E_p + A_p·n^(−α) was fitted WITHOUT the largest "
              "budget and then asked for the loss there. The interval is a 95% prediction interval for the measured "
-             "mean over seeds (bootstrap over seeds of the fitted curve, widened by the seed spread of the fitted "
-             "budgets). Relative error = (predicted − measured) / measured.", ""]
+             "mean over the held-out cell's seeds: the fit's joint draws of the curve at that budget, each plus the "
+             "mean noise of that many new seeds at the draw's noise scale (method: "
+             f"{_interval_method(fit)}). Relative error = (predicted − measured) / measured.", ""]
     header = ("| curve | p | fitted on n | held-out n | predicted | 95% interval | measured ± sd (seeds) | rel. error "
               "| inside? |")
     if excess:
@@ -95,11 +96,37 @@ def predictions(fit: dict) -> list[str]:
     return lines + notes + ([""] if notes else [])
 
 
+def _interval_method(fit: dict) -> str:
+    methods = [s["curves"].get("interval_method") for s in fit.get("students", {}).values()]
+    return next((m for m in methods if m), "–")
+
+
+def _form_line(label: str, curves: dict) -> str:
+    """How one student's fit was made: what the curves share, the seed noise, the F tests of the form."""
+    noise, amplitude, lack = curves.get("noise"), curves.get("amplitude_test"), curves.get("lack_of_fit")
+    parts = [f"curves share: {curves['share'].replace('_', ' ')}"]
+    parts.append(f"seed noise sd {noise['sd']:.4f} nats ({noise['dof']} dof, {noise['source']})" if noise
+                 else "no seed-noise estimate (no intervals)")
+    if amplitude:
+        verdict = "rejected: each curve has its own A_p" if amplitude["rejects_shared_amplitude"] else "not rejected"
+        parts.append(f"one amplitude A for every curve: F test p = {amplitude['p_value']:.3g} ({verdict})")
+    if lack:
+        parts.append(f"lack of fit against the seed noise: F test p = {lack['p_value']:.3g}")
+    return f"- {label}: " + "; ".join(parts) + "."
+
+
 def scaling_fit(fit: dict) -> list[str]:
     excess = bool(fit.get("reference_language"))
-    header = "| curve | p | budgets | plateau E_p | 95% interval |" + (" E_p − entropy |" if excess else "") + " α | A |"
-    lines = ["## Scaling-law fit (all budgets)", "", header, "|---" * (header.count("|") - 1) + "|"]
-    missing, warnings = [], []
+    header = ("| curve | p | budgets | plateau E_p | 95% interval |" + (" E_p − entropy |" if excess else "")
+              + " α | 95% interval | A_p | 95% interval |")
+    rule = next((s["identification"].get("rule") for s in fit["students"].values()), None)
+    lines = ["## Scaling-law fit (all budgets)", "",
+             "L_p(n) = E_p + A_p·n^(−α), least squares on the cell means over seeds (weighted by seeds). Intervals "
+             f"(plateaus, α, A_p, plateau gaps): {_interval_method(fit)}.", ""]
+    if rule:
+        lines += [f"Identification: {rule}.", ""]
+    lines += [header, "|---" * (header.count("|") - 1) + "|"]
+    missing, forms, warnings = [], [], []
     for label, student in sorted(fit["students"].items()):
         curves, status = student["curves"], student["identification"]["per_fraction"]
         for p, per in sorted(curves["per_fraction"].items(), key=lambda kv: float(kv[0])):
@@ -108,15 +135,19 @@ def scaling_fit(fit: dict) -> list[str]:
                      interval(per.get("E_ci")) if ok else "–"]
             if excess:
                 cells.append(num(student["excess"]["plateaus"][p]["E"]) if ok and "excess" in student else "–")
-            cells += [num(per.get("alpha", curves.get("alpha")), ".3f"), num(per.get("A", curves.get("A")), ".3g")]
+            cells += [num(per.get("alpha"), ".3f"), interval(per.get("alpha_ci"), ".3f"), num(per.get("A"), ".3g"),
+                      interval(per.get("A_ci"), ".3g")]
             lines.append("| " + " | ".join(cells) + " |")
             if not ok:
                 missing.append(f"- {label}, p = {p}: {status[p]['missing']}.")
+        forms.append(_form_line(label, curves))
         if curves.get("warning"):
             warnings.append(f"> {label}: {curves['warning']}")
-    lines.append("")
+    lines += [""] + forms + [""]
     if missing:
         lines += ["**Plateaus not identified** (no plateau is reported for these; what is missing):", ""] + missing + [""]
+    if fit.get("left_out"):
+        lines += [f"Left out of every fit (loss not finite): {', '.join(fit['left_out'])}.", ""]
     return lines + warnings + ([""] if warnings else [])
 
 
@@ -147,21 +178,53 @@ def linear_theory(fit: dict) -> list[str]:
     return lines
 
 
+def _gap_methods(fit: dict) -> tuple[str, str]:
+    trends = [s.get("gap_trends") or {} for s in fit.get("students", {}).values()]
+    found = next((t for t in trends if t.get("method")), {})
+    return found.get("gap_method", "–"), found.get("method", "–")
+
+
+def _p_value(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2g}"
+
+
 def collapse_gap(fit: dict) -> list[str]:
     gaps = fit.get("collapse_gap") or []
     if not gaps:
         return []
+    gap_method, trend_method = _gap_methods(fit)
     lines = ["## Collapse gap per student", "",
+             "Plateau gap E_p − E_0: only where both plateaus are identified (interval as in the scaling-law fit). "
+             f"Measured gap at the largest budget: {gap_method}. Gap with n: {trend_method}; it grows (or shrinks) "
+             "when that interval lies above (below) 0, else it holds.", "",
              "| curve | parameters | p | plateau gap E_p − E_0 | 95% interval | measured gap L_p − L_0 "
-             "| 95% interval (seeds) |",
-             "|---|---|---|---|---|---|---|"]
+             "| 95% interval | Holm p (L_p > L_0) | gap per doubling of n | 95% interval | gap with n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in gaps:
         ok = g["plateau_identified"]
         measured = f"{num(g['measured_gap'])} at n = {g['budget']:,}" if g.get("budget") else "–"
         lines.append(f"| {g['curve']} | {params(g['parameters'])} | {g['fraction']:g} | "
                      f"{num(g['plateau_gap']) if ok else 'not identified'} | "
                      f"{interval(g['plateau_gap_ci']) if ok else '–'} | "
-                     f"{measured} | {interval(g['measured_gap_ci'])} |")
+                     f"{measured} | {interval(g['measured_gap_ci'])} | {_p_value(g.get('measured_gap_p_holm'))} | "
+                     f"{num(g.get('gap_slope_per_doubling'), '+.4f')} | {interval(g.get('gap_slope_ci'))} | "
+                     f"{g.get('gap_verdict') or '–'} |")
+    return lines + [""]
+
+
+def gaps_by_budget(fit: dict) -> list[str]:
+    """The measured gap L_p(n) − L_0(n) at every budget, with its Welch interval and Holm-corrected test."""
+    rows = [(label, p, n, gap) for label, student in sorted(fit.get("students", {}).items())
+            for p, trend in (student.get("gap_trends") or {}).get("per_fraction", {}).items()
+            for n, gap in ((n, trend["gaps"][str(n)]) for n in trend["budgets"])]
+    if not rows:
+        return []
+    gap_method, _ = _gap_methods(fit)
+    lines = ["## Measured gap at every budget", "", f"L_p(n) − L_0(n) over seeds: {gap_method}.", "",
+             "| curve | p | n | L_p − L_0 | 95% interval | seeds (p, 0) | Holm p (L_p > L_0) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {p} | {int(n):,} | {num(g['gap'])} | {interval(g['gap_ci'])} | "
+              f"{g['seeds'][0]}, {g['seeds'][1]} | {_p_value(g.get('p_holm'))} |" for label, p, n, g in rows]
     return lines + [""]
 
 
@@ -226,8 +289,9 @@ def excess_exponents(fit: dict) -> list[str]:
             for p, e in (student.get("excess", {}).get("exponents") or {}).items()]
     if not rows:
         return []
-    lines = ["## Excess-loss exponent", "", "−slope of log(L − H) on log n over every budget (H: the exact entropy), "
-             "95% interval with each budget's seeds resampled.", "",
+    lines = ["## Excess-loss exponent", "", "−slope of log(L − H) on log n over every budget (H: the exact entropy); "
+             "95% t-interval from each budget's seeds (delta-method variance of the log mean excess, "
+             "Welch–Satterthwaite degrees of freedom; with one seed per cell, the residuals of the line).", "",
              "| curve | p | budgets | exponent | 95% interval |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {p} | {e['budgets']} | {num(e['exponent'], '.3f')} | {interval(e['ci'])} |"
               for label, p, e in rows]
@@ -257,11 +321,14 @@ def tails(fit: dict) -> list[str]:
 def figures_section(drawn: dict[str, Path], fit: dict) -> list[str]:
     captions = [
         ("loss_vs_budget", "**Loss vs data.** One line per synthetic fraction p (dark = clean); dashed: the fitted "
-         "L_p(n) = E_p + A·n^(−α); dotted: the plateau E_p where it is identified; open diamonds: the held-out "
+         "L_p(n) = E_p + A_p·n^(−α); dotted: the plateau E_p where it is identified; open diamonds: the held-out "
          "prediction with its interval, beside the measurement it did not see."),
         ("excess_vs_budget", "**Excess loss vs data** (log-log): the loss minus the exact entropy of the test text, "
          "where a scaling law is a straight line until it flattens on a plateau."),
-        ("plateau_vs_fraction", "**Plateau vs fraction.** Plateaus with bootstrap intervals (or, where they are not "
+        ("gap_vs_budget", "**Measured gap vs data.** L_p(n) − L_0(n) over seeds at every budget with its 95% Welch "
+         "interval (filled: above p = 0 after the Holm correction); the legend says whether the gap grows, holds or "
+         "shrinks with n."),
+        ("plateau_vs_fraction", "**Plateau vs fraction.** Plateaus with 95% intervals (or, where they are not "
          "identified, the loss at the largest budget) against the linear theory fitted in its n → ∞ form (solid) "
          "and its finite-n form (dashed)."),
         ("gap_vs_size", "**Collapse gap vs model size.**"),

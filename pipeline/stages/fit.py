@@ -4,8 +4,11 @@ One unit, `fit/fit`, at runs/NAME/fit/ with `fit.json`. Inputs: every evaluate u
 results row, read through `artifacts.result_rows`) and every synthetic corpus (its diagnostics). A curve is one
 student (and one synthetic generation when the run mixes several). fit.json:
   students.CURVE      student, generation, parameters, family, mix_mode, budgets, fractions;
-                      curves: L_p(n) = E_p + A n^-alpha on every budget (bootstrap intervals, gaps E_p - E_0);
-                      identification: per p, is E_p identified (>= 3 budgets, fit not at a bound), what is missing;
+                      curves: L_p(n) = E_p + A_p n^-alpha on every budget (`fitting.fit_scaling_curves`: 95%
+                      intervals from joint draws, plateau gaps E_p - E_0, plateau_draws, F tests of the form);
+                      measured_gaps, gap_trends: L_p(n) - L_0(n) at the largest / every budget (Welch intervals,
+                      Holm-corrected tests) and its slope on log n: grows, holds or shrinks;
+                      identification: per p, is E_p identified (`prediction.IDENTIFICATION_RULE`), what is missing;
                       holdout: predict-then-verify on the largest budget (>= 4 budgets; `prediction.predict_heldout`);
                       theory: both forms of the linear theory on the plateaus (or, when those are not identified,
                       on the loss at the largest budget), GLS with the points' covariance (joint bootstrap draws of
@@ -13,7 +16,9 @@ student (and one synthetic generation when the run mixes several). fit.json:
                       findings: the papers' qualitative claims, holds true / false / null (not testable: "why");
                       excess: with an exact entropy (builtin:reference-language), E_p minus it.
   curve_of_unit       evaluate unit id -> CURVE (how the report groups rows).
-  collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci), measured_gap(+_ci) at the largest budget}.
+  collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci) where both plateaus are identified,
+                      measured_gap(+_ci, p_holm) at the largest budget, the gap's slope per doubling of n and verdict}.
+  left_out            units whose loss is not finite (left out of every fit, with a warning in the log).
   model_sizes         {compared: bool, why | generation, source, tokens, sizes, theory: `compare_model_sizes`}.
   generations         {generate_mode, accumulate_margin, trends: loss vs generation index per student x mix_mode x
                       p x n, slope from the per-generation means (`generations`), finding per the generate mode}.
@@ -26,7 +31,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, generations, prediction, theory_fit
+import numpy as np
+
+from pipeline.analysis import fitting, generations, intervals, prediction, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
@@ -58,7 +65,9 @@ def label_rows(rows: list[dict]) -> dict[str, list[dict]]:
 
 def run(ctx) -> dict[str, Any]:
     params = ctx.params["fit"]
-    rows = artifacts.result_rows(ctx.inputs)
+    rows, left_out = fitting.finite_rows(artifacts.result_rows(ctx.inputs))
+    for unit in left_out:
+        ctx.log.warning("fit: %s left out: its loss is not finite", unit)
     curves = label_rows(rows)
     students = {}
     for label, curve_rows in curves.items():
@@ -73,6 +82,7 @@ def run(ctx) -> dict[str, Any]:
         "tails": fit_tails(ctx.inputs, ctx.params.get("sampling") or {}),
         "reference_language": prediction.exact_entropy(rows) is not None,
         "n_rows": len(rows),
+        "left_out": left_out,
     }
     write_json_atomic(Path(ctx.out) / "fit.json", result)
     verdicts = [f["holds"] for s in students.values() for f in s["findings"].values()]
@@ -84,8 +94,8 @@ def run(ctx) -> dict[str, Any]:
 
 def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
     """Everything fitted to one curve's rows: scaling law, identification, held-out prediction, theory, findings."""
-    shared, bootstrap = params["shared_exponent"], params["bootstrap"]
-    curves = fitting.fit_scaling_curves(rows, shared=shared, bootstrap=bootstrap)
+    share, bootstrap = params["share"], params["bootstrap"]
+    curves = fitting.fit_scaling_curves(rows, share=share, bootstrap=bootstrap)
     identified = prediction.identification(rows, curves)
     first = rows[0]
     entry = {"student": first["student"], "generation": first.get("generation", 0),
@@ -93,8 +103,8 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
              "budgets": sorted({int(r["token_budget"]) for r in rows}),
              "fractions": sorted({float(r["synthetic_fraction"]) for r in rows}),
              "mean_loss": mean_loss_table(rows), "measured_gaps": prediction.measured_gaps(rows),
-             "curves": curves, "identification": identified,
-             "holdout": prediction.predict_heldout(rows, shared=shared, bootstrap=bootstrap),
+             "gap_trends": prediction.gap_trends(rows), "curves": curves, "identification": identified,
+             "holdout": prediction.predict_heldout(rows, share=share, bootstrap=bootstrap),
              "theory": fit_theory(rows, curves, identified["identified"]),
              "findings": findings(rows, curves, identified)}
     entropy = prediction.exact_entropy(rows)
@@ -155,6 +165,22 @@ def _increasing(values: list[float], why: str) -> tuple[bool | None, str | None]
     return all(b > a for a, b in zip(values, values[1:])), None
 
 
+def _plateau_steps(curves: dict) -> tuple[bool | None, str | None]:
+    """E_p grows with p: every step between neighbouring fractions has its 95% interval above 0 (joint draws);
+    False when a step's interval lies below 0; None while a step's interval holds 0."""
+    fractions, draws = curves["fractions"], np.asarray(curves.get("plateau_draws") or [], dtype=float)
+    if len(fractions) < 2:
+        return None, "needs two fractions or more"
+    if draws.size == 0:
+        return None, "no joint draws of the plateaus (bootstrap: 0)"
+    steps = {(a, b): intervals.percentile_interval(draws[:, i + 1] - draws[:, i])
+             for i, (a, b) in enumerate(zip(fractions, fractions[1:]))}
+    if any(ci[1] < 0 for ci in steps.values()):
+        return False, None
+    unresolved = [f"E_{b:g} − E_{a:g} in [{ci[0]:.4f}, {ci[1]:.4f}]" for (a, b), ci in steps.items() if ci[0] <= 0]
+    return (None, "not resolved: 95% interval of a step holds 0: " + "; ".join(unresolved)) if unresolved else (True, None)
+
+
 def findings(rows: list[dict], curves: dict, identified: dict) -> dict[str, dict[str, Any]]:
     """The papers' qualitative claims, checked on this curve's numbers: holds true, false, or null (with why)."""
     cells = {key: cell["mean"] for key, cell in prediction.cell_means(rows).items()}
@@ -166,7 +192,7 @@ def findings(rows: list[dict], curves: dict, identified: dict) -> dict[str, dict
     plateaus = [curves["per_fraction"][f"{p:g}"]["E"] for p in fractions]
     falls = _increasing([-v for v in clean], "needs p = 0 at two budgets or more")
     rises = _increasing(at_largest, f"needs two fractions or more at n = {largest:,}")
-    grows = _increasing(plateaus, "needs two fractions or more")
+    grows = _plateau_steps(curves)
     if not identified["identified"]:
         missing = [f"p = {p}: {v['missing']}" for p, v in identified["per_fraction"].items() if not v["identified"]]
         grows = (None, "plateaus not identified; " + "; ".join(missing))
@@ -175,35 +201,42 @@ def findings(rows: list[dict], curves: dict, identified: dict) -> dict[str, dict
                                                  falls[1]),
         "loss_rises_with_fraction_at_largest_budget": _verdict(
             rises[0], at_largest, f"n = {largest:,}: test loss at each fraction {fractions}", rises[1]),
-        "plateau_grows_with_fraction": _verdict(grows[0], plateaus if grows[0] is not None else [],
-                                                f"fitted E_p at each fraction {fractions}", grows[1]),
+        "plateau_grows_with_fraction": _verdict(grows[0], plateaus if identified["identified"] else [],
+                                                f"fitted E_p at each fraction {fractions}; each step's 95% "
+                                                "interval above 0", grows[1]),
     }
 
 
 def collapse_gap(students: dict[str, dict]) -> list[dict[str, Any]]:
-    """E_p − E_0 per curve and p > 0: the fitted plateau gap (where identified) and the measured gap at n_max."""
+    """Per curve and p > 0: the fitted plateau gap E_p − E_0 (only where both plateaus are identified), the measured
+    gap at n_max with its test, and the measured gap's slope per doubling of n with its verdict."""
     entries = []
     for label, student in students.items():
         per_fraction = student["curves"]["per_fraction"]
         if "0" not in per_fraction:
             continue
         status = student["identification"]["per_fraction"]
-        measured = student.get("measured_gaps", {})
+        measured, trends = student.get("measured_gaps", {}), student.get("gap_trends", {}).get("per_fraction", {})
         for p, fitted in per_fraction.items():
             if float(p) == 0.0:
                 continue
+            both = status[p]["identified"] and status["0"]["identified"]
+            trend = trends.get(p, {})
             entries.append({"curve": label, "student": student["student"], "parameters": student["parameters"],
-                            "generation": student["generation"], "fraction": float(p),
-                            "plateau_gap": fitted.get("gap"), "plateau_gap_ci": fitted.get("gap_ci"),
-                            "plateau_identified": status[p]["identified"] and status["0"]["identified"],
+                            "generation": student["generation"], "fraction": float(p), "plateau_identified": both,
+                            "plateau_gap": fitted.get("gap") if both else None,
+                            "plateau_gap_ci": fitted.get("gap_ci") if both else None,
+                            "gap_slope_per_doubling": trend.get("slope_per_doubling"),
+                            "gap_slope_ci": trend.get("slope_ci"), "gap_verdict": trend.get("verdict"),
                             **_measured_gap(measured.get(p))})
     return entries
 
 
 def _measured_gap(measured: dict | None) -> dict[str, Any]:
     if not measured:
-        return {"measured_gap": None, "measured_gap_ci": None, "budget": None}
-    return {"measured_gap": measured["gap"], "measured_gap_ci": measured["gap_ci"], "budget": measured["budget"]}
+        return {"measured_gap": None, "measured_gap_ci": None, "budget": None, "measured_gap_p_holm": None}
+    return {"measured_gap": measured["gap"], "measured_gap_ci": measured["gap_ci"], "budget": measured["budget"],
+            "measured_gap_p_holm": measured["p_holm"]}
 
 
 def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:

@@ -69,6 +69,8 @@ def draw(fit: dict, rows: list[dict], diagnostics: dict, figs: Path) -> dict[str
     drawn = {"loss_vs_budget": figures.loss_vs_budget(rows, fit, figs / "loss_vs_budget.png"),
              "plateau_vs_fraction": figures.plateau_vs_fraction(students, figs / "plateau_vs_fraction.png"),
              "loss_vs_size": figures.loss_vs_size(rows, figs / "loss_vs_size.png")}
+    if any((s.get("gap_trends") or {}).get("per_fraction") for s in students.values()):
+        drawn["gap_vs_budget"] = figures.gap_vs_budget(fit, figs / "gap_vs_budget.png")
     if fit.get("reference_language"):
         drawn["excess_vs_budget"] = figures.loss_vs_budget(rows, fit, figs / "excess_vs_budget.png", excess=True)
     if len({g["parameters"] for g in fit.get("collapse_gap", [])}) > 1:
@@ -108,6 +110,7 @@ def render(description: dict, fit: dict, rows: list[dict], diagnostics: dict, dr
     lines += report_text.scaling_fit(fit)
     lines += report_text.linear_theory(fit)
     lines += report_text.collapse_gap(fit)
+    lines += report_text.gaps_by_budget(fit)
     lines += report_text.model_sizes(fit)
     lines += report_text.generations(fit)
     lines += report_text.excess_exponents(fit)
