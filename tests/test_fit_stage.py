@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.orchestration.runner import Unit
 from pipeline.stages import fit, report
+from pipeline.unit import Unit, UnitContext
 
 TRUTH = {"E0": 2.0, "c2": 0.8, "A": 40.0, "alpha": 0.45}
 
@@ -55,10 +55,9 @@ def write_inputs(tmp_path: Path, rows: list[dict]) -> dict[str, Path]:
     return inputs
 
 
-def context(unit: Unit, out: Path, inputs: dict[str, Path]) -> SimpleNamespace:
+def context(unit: Unit, out: Path, inputs: dict[str, Path]) -> UnitContext:
     out.mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(unit=unit, params=unit.params, settings=unit.settings, out=out, log=logging.getLogger("t"),
-                           inputs={key: inputs[key] for key in unit.inputs})
+    return UnitContext(unit=unit, out=out, inputs={key: inputs[key] for key in unit.inputs}, log=logging.getLogger("t"))
 
 
 def fake_cfg(generate_mode="replace", generations=1) -> SimpleNamespace:

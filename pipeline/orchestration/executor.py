@@ -15,17 +15,27 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from types import ModuleType
 
 from pipeline.config import Config
 from pipeline.distributed import Processes
 from pipeline.errors import ExitCode, UserError, is_disk_error, wrapped_disk_error
 from pipeline.io import json_text, list_files, replace_dir, write_json_atomic, write_text_atomic
 from pipeline.orchestration.runner import Planned, RunDir, metrics_digest, unit_lock, versions
-from pipeline.unit import Unit, UnitContext
+from pipeline.unit import Stage, Summarizes, Unit, UnitContext
 
 log = logging.getLogger("collapse")
+
+
+class Verdict(Enum):
+    """What the main process decides before a unit runs (every process follows it)."""
+
+    RUN = "run"
+    DONE = "done"  # finished with this fingerprint: nothing to do
+    LOCKED = "locked"  # another live process holds the unit's lock
+    BAD_INPUT = "bad input"  # an input is not done: a UserError in every process
+
 
 @dataclass
 class UnitOutcome:
@@ -40,7 +50,7 @@ class Executor:
     """Runs units of one planned run in this process (the local launcher and `collapse stage`)."""
 
     cfg: Config
-    stages: dict[str, ModuleType]
+    stages: dict[str, Stage]
     planned: Planned
     force: frozenset[str] = field(default_factory=frozenset)  # stages to redo even when done (--force)
     redo: frozenset[str] = field(default_factory=frozenset)  # unit keys to redo: damaged ones and what read them
@@ -84,27 +94,29 @@ class Executor:
     def execute(self, unit: Unit, dist: Processes | None = None) -> UnitOutcome:
         """Run one unit unless done or locked. Under accelerate, every process calls this."""
         dist = dist or Processes.single()
-        rd, fp = self.run_dir, self.planned.fingerprints[unit.key]
-        forced = self.must_run(unit)
-        with contextlib.ExitStack() as stack:
-            verdict, problem = "go", None
-            if dist.is_main:
-                if rd.is_done(unit, fp) and not forced:
-                    verdict = "done"
-                elif problem := self.missing_input(unit):  # bad input: found before the lock file is created
-                    verdict = "bad input"
-                elif not stack.enter_context(unit_lock(rd.lock(unit))):
-                    verdict = "locked"
-                elif rd.is_done(unit, fp) and not forced:  # finished by someone while we waited
-                    verdict = "done"
-            verdict, problem = dist.broadcast((verdict, problem))
-            if problem:  # every process raises, none waits at a barrier for the main one
+        fp = self.planned.fingerprints[unit.key]
+        with contextlib.ExitStack() as held:  # the unit's lock, when the main process takes it
+            decided = self._verdict(unit, fp, held) if dist.is_main else (Verdict.RUN, None)
+            verdict, problem = dist.broadcast(decided)
+            if verdict is Verdict.BAD_INPUT:  # every process raises, none waits at a barrier for the main one
                 raise UserError(problem)
-            if verdict != "go":
-                return UnitOutcome(unit, verdict)
-            self.check_inputs(unit)  # an input redone (moved aside) while we took the lock
-            return self._run_locked(unit, fp, dist)
-        raise AssertionError("unreachable")
+            if verdict is Verdict.RUN:
+                self.check_inputs(unit)  # an input redone (moved aside) while we took the lock
+                return self._run_locked(unit, fp, dist)
+        return UnitOutcome(unit, verdict.value)
+
+    def _verdict(self, unit: Unit, fp: str, held: contextlib.ExitStack) -> tuple[Verdict, str | None]:
+        """(verdict, the bad-input line or None); takes the unit's lock into `held` when it may run."""
+        rd, forced = self.run_dir, self.must_run(unit)
+        if rd.is_done(unit, fp) and not forced:
+            return Verdict.DONE, None
+        if problem := self.missing_input(unit):  # bad input: found before the lock file is created
+            return Verdict.BAD_INPUT, problem
+        if not held.enter_context(unit_lock(rd.lock(unit))):
+            return Verdict.LOCKED, None
+        if rd.is_done(unit, fp) and not forced:  # finished by someone while we waited
+            return Verdict.DONE, None
+        return Verdict.RUN, None
 
     def _run_locked(self, unit: Unit, fp: str, dist: Processes) -> UnitOutcome:
         rd, module = self.run_dir, self.stages[unit.stage]
@@ -166,12 +178,12 @@ class Executor:
     def stale_summaries(self, stage: str) -> dict[Path, str | None]:
         """The stage's summary files (its optional `summary(stage_dir, units)`, built from the finished units)
         that are missing or hold other text: {path: the text it should hold, None where it should not exist}."""
-        build = getattr(self.stages[stage], "summary", None)
-        if build is None:
+        module = self.stages[stage]
+        if not isinstance(module, Summarizes):
             return {}
         rd = self.run_dir
         done = [u for u in self.planned.units(stage) if rd.is_done(u, self.planned.fingerprints[u.key])]
-        wanted = {rd.root / stage / name: text for name, text in build(rd.root / stage, done).items()}
+        wanted = {rd.root / stage / name: text for name, text in module.summary(rd.root / stage, done).items()}
         return {path: text for path, text in wanted.items() if _text_or_none(path) != text}
 
     def summarize(self, stage: str) -> list[Path]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.errors import UserError, is_disk_error
 from pipeline.orchestration.executor import Executor, UnitOutcome
-from pipeline.unit import Unit
+from pipeline.unit import Preflights, Unit
 
 log = logging.getLogger("collapse")
 LOCK_POLL_SECONDS = 2.0
@@ -72,14 +72,14 @@ def wait_while_locked(executor: Executor, unit: Unit) -> None:
 
 def preflight(executor: Executor, stage: str, checked: set[str]) -> None:
     """The stage's early checks, given the inputs done so far; once it says it has checked, not again."""
-    check = getattr(executor.stages[stage], "preflight", None)
-    if check is None or stage in checked:
+    module = executor.stages[stage]
+    if not isinstance(module, Preflights) or stage in checked:
         return
     units = executor.planned.units(stage)
     rd, planned = executor.run_dir, executor.planned
     keys = {k for u in units for k in u.inputs}
     done = {k: rd.final(planned.get(k)) for k in keys if rd.is_done(planned.get(k), planned.fingerprints[k])}
-    if check(units, done):
+    if module.preflight(units, done):
         checked.add(stage)
 
 

@@ -13,6 +13,9 @@ Keys (`STAGE/ID`):
   mix/gG-pP-nN         blocks/
   train/STUDENT-MIX-sS model/
   evaluate/<train id>  manifest only: its metrics are one results row
+  fit/fit              fit.json
+The key format itself (`STAGE/ID`) is the contract's (pipeline/unit.py: unit_key, Unit.inputs_from,
+UnitContext.inputs_of); no stage builds or splits a key string but through these two modules.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.splits import SPLITS
 from pipeline.errors import UserError
 from pipeline.io import read_json_object, read_jsonl
+from pipeline.unit import unit_key
 
-PREPARE_KEY = "prepare/prepare"
-SPLITS = ("train", "validation", "test")
+PREPARE_KEY = unit_key("prepare", "prepare")
+FIT_KEY = unit_key("fit", "fit")
 _SHARD_ID = re.compile(r"^g\d+-s\d+$")
 
 # Columns of the results table: evaluate writes rows with these (and more), `collapse status` and the
@@ -38,16 +43,21 @@ RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def generation_id(generation: int) -> str:
+    """The unit id of generation g's teacher and of its corpus: gG."""
+    return f"g{generation}"
+
+
 def teacher_key(generation: int) -> str:
-    return f"teacher/g{generation}"
+    return unit_key("teacher", generation_id(generation))
 
 
 def corpus_key(generation: int) -> str:
-    return f"generate/g{generation}"
+    return unit_key("generate", generation_id(generation))
 
 
 def shard_id(generation: int, shard: int) -> str:
-    return f"g{generation}-s{shard:03d}"
+    return f"{generation_id(generation)}-s{shard:03d}"
 
 
 def is_shard(unit_id: str) -> bool:
@@ -73,7 +83,13 @@ def manifest(unit_dir: str | Path) -> dict[str, Any]:
 
 
 def block_size(prepare_dir: str | Path) -> int:
+    """The run's block size: every stage reads it here, from what prepare packed with."""
     return int(manifest(prepare_dir)["metrics"]["block_size"])
+
+
+def split_stats(prepare_dir: str | Path, split: str) -> dict[str, Any]:
+    """What prepare packed of a split: blocks, tokens, bytes (its text's UTF-8 bytes), ..."""
+    return manifest(prepare_dir)["metrics"]["splits"][split]
 
 
 def tokenizer(prepare_dir: str | Path):
@@ -145,6 +161,14 @@ def result_rows(inputs: dict[str, Path]) -> list[dict[str, Any]]:
     """The rows of every evaluate unit among a unit's inputs, sorted like the results table."""
     rows = [result_row(path) for key, path in inputs.items() if key.startswith("evaluate/")]
     return sorted(rows, key=result_sort_key)
+
+
+def fit_results(fit_dir: str | Path) -> dict[str, Any]:
+    """What the fit stage concluded (its fit.json)."""
+    data = read_json_object(Path(fit_dir) / "fit.json")
+    if data is None:
+        raise RuntimeError(f"{fit_dir}/fit.json is missing or damaged; re-run the fit stage")
+    return data
 
 
 def result_sort_key(row: dict[str, Any]) -> tuple:

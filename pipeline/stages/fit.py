@@ -79,7 +79,7 @@ def run(ctx) -> dict[str, Any]:
         "collapse_gap": collapse_gap(students),
         "model_sizes": compare_sizes(students),
         "generations": generation_trends(rows, ctx.params.get("generate_mode"), params.get("accumulate_margin")),
-        "tails": fit_tails(ctx.inputs, ctx.params.get("sampling") or {}),
+        "tails": fit_tails(ctx.inputs_of("generate"), ctx.params.get("sampling") or {}),
         "reference_language": prediction.exact_entropy(rows) is not None,
         "n_rows": len(rows),
         "left_out": left_out,
@@ -291,11 +291,12 @@ def _generation_finding(trend: dict, generate_mode: str | None, margin: float | 
     return {"holds": None, "why": "the teacher's generate mode is not known to this fit (params generate_mode)"}
 
 
-def fit_tails(inputs: dict[str, Path], sampling: dict) -> dict[str, Any]:
-    """Zipf exponents of human vs synthetic word unigrams (generate diagnostics), and the cut top-p implies."""
+def fit_tails(corpora: dict[str, Path], sampling: dict) -> dict[str, Any]:
+    """Zipf exponents of human vs synthetic word unigrams (generate diagnostics of each corpus, by unit id),
+    and the cut top-p implies."""
     tails = {}
-    for key in sorted(k for k in inputs if k.startswith("generate/")):
-        diag = artifacts.corpus_diagnostics(inputs[key])
+    for corpus_id, corpus_dir in sorted(corpora.items()):
+        diag = artifacts.corpus_diagnostics(corpus_dir)
         fits = {side: fitting.fit_tail_model(diag[side]["word_rank_frequency"])
                 for side in ("human", "synthetic") if "word_rank_frequency" in diag.get(side, {})}
         top_p = sampling.get("top_p")
@@ -305,7 +306,7 @@ def fit_tails(inputs: dict[str, Path], sampling: dict) -> dict[str, Any]:
             except ValueError as exc:  # beta <= 1: the Zipf formulas do not apply
                 fits["predicted_cutoff"] = {"why": str(exc)}
         if fits:
-            tails[key.split("/", 1)[1]] = fits
+            tails[corpus_id] = fits
     return tails
 
 

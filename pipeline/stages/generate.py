@@ -59,7 +59,8 @@ def plan(cfg, planned) -> list[Unit]:
         units += shards
         corpus_params = {"generation": g, "heldout_fraction": gen.heldout_fraction, "tail_rank": gen.tail_rank,
                          "seed": gen.seed, "sampling": {**sampling, "prompt": gen.prompt}}
-        units.append(Unit(NAME, f"g{g}", corpus_params, inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key),
+        units.append(Unit(NAME, artifacts.generation_id(g), corpus_params,
+                          inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key),
                           settings={"num_proc": cfg.packing.num_proc}))
     return units
 
@@ -83,7 +84,7 @@ def run_shard(ctx) -> dict[str, Any]:
                                                params["trust_remote_code"])
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise UserError(f"teacher/g{g}: its tokenizer has no EOS token; documents could not end")
+        raise UserError(f"{artifacts.teacher_key(g)}: its tokenizer has no EOS token; documents could not end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     seed = derive_seed(params["seed"], g, k)
     if params["prompt"] == "human":  # TRAIN documents only: validation/test text never reaches the teacher
@@ -131,8 +132,8 @@ def run_corpus(ctx) -> dict[str, Any]:
     from pipeline.data.packing import pack_documents
 
     params, out = ctx.params, Path(ctx.out)
-    shard_keys = [k for k in ctx.unit.inputs if k.startswith(f"{NAME}/")]
-    rows = [row for key in shard_keys for row in artifacts.shard_rows(ctx.inputs[key])]
+    shards = ctx.inputs_of(NAME)  # in shard order
+    rows = [row for path in shards.values() for row in artifacts.shard_rows(path)]
     texts = [row["text"] for row in rows]
     if not texts:
         raise UserError(f"generate {ctx.unit.id}: the shards hold no documents; raise generate.tokens")
@@ -153,7 +154,7 @@ def run_corpus(ctx) -> dict[str, Any]:
 
     diagnostics = corpus_statistics(ctx, texts, prepare_dir, tokenizer)
     write_json_atomic(out / "diagnostics.json", diagnostics)
-    shard_metrics = [ctx.manifest(k)["metrics"] for k in shard_keys]
+    shard_metrics = [artifacts.manifest(path)["metrics"] for path in shards.values()]
     from pipeline.lm.diagnostics import without_arrays
 
     synthetic = diagnostics["synthetic"]

@@ -91,10 +91,11 @@ def preflight(units: list[Unit], done_inputs: dict[str, Path]) -> bool:
 
     if PREPARE_KEY not in done_inputs:
         return False
-    available = int(artifacts.manifest(done_inputs[PREPARE_KEY])["metrics"]["splits"]["train"]["blocks"])
+    available = int(artifacts.split_stats(done_inputs[PREPARE_KEY], "train")["blocks"])
+    block_size = artifacts.block_size(done_inputs[PREPARE_KEY])
     for unit in units:
         p = unit.params
-        plan_mixture(p["fraction"], p["budget"], p["block_size"], p["mode"], available_human=available,
+        plan_mixture(p["fraction"], p["budget"], block_size, p["mode"], available_human=available,
                      available_synthetic=2**62, budget_key=budget_key(p["mode"]))
     return True
 
@@ -102,12 +103,15 @@ def preflight(units: list[Unit], done_inputs: dict[str, Path]) -> bool:
 def run(ctx) -> dict[str, Any]:
     params = ctx.params
     human = artifacts.blocks(ctx.inputs[PREPARE_KEY], "train")
+    # The block size prepare packed with, as every stage reads it; params["block_size"] holds the same
+    # config value for plan-time checks, before prepare has run.
+    block_size = artifacts.block_size(ctx.inputs[PREPARE_KEY])
     synthetic = None
     if params["fraction"] > 0:
         synthetic_dir = Path(ctx.inputs[artifacts.corpus_key(params["generation"])]) / "blocks"
         synthetic = artifacts.blocks(synthetic_dir.parent, "blocks")
         _check_same_vocabulary(ctx, synthetic, synthetic_dir)
-    stats = write_mixture(human, synthetic, params["fraction"], params["budget"], params["block_size"],
+    stats = write_mixture(human, synthetic, params["fraction"], params["budget"], block_size,
                           params["mode"], params["seed"], Path(ctx.out) / "blocks",
                           budget_key=budget_key(params["mode"]))
     ctx.log.info("mix %s: %d human + %d synthetic blocks (share %.4f)", ctx.unit.id, stats["human_blocks"],

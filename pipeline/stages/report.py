@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.analysis import figures, report_text
-from pipeline.io import read_json_object, write_text_atomic
+from pipeline.io import write_text_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
 
@@ -35,21 +35,18 @@ def describe(cfg) -> dict[str, Any]:
 
 
 def plan(cfg, planned) -> list[Unit]:
-    inputs = ("fit/fit",) + tuple(u.key for u in planned.units("evaluate")) + artifacts.corpus_keys(planned)
+    inputs = (artifacts.FIT_KEY,) + tuple(u.key for u in planned.units("evaluate")) + artifacts.corpus_keys(planned)
     params = {"theory_figures": cfg.report.theory_figures, "description": describe(cfg)}
     return [Unit(NAME, NAME, params, inputs)]
 
 
 def run(ctx) -> dict[str, Any]:
     out = Path(ctx.out)
-    fit = read_json_object(Path(ctx.inputs["fit/fit"]) / "fit.json")
-    if fit is None:
-        raise RuntimeError(f"{ctx.inputs['fit/fit']}/fit.json is missing or damaged; re-run the fit stage")
+    fit = artifacts.fit_results(ctx.inputs[artifacts.FIT_KEY])
     rows = artifacts.result_rows(ctx.inputs)
     for row in rows:
         row["curve"] = fit.get("curve_of_unit", {}).get(row.get("unit"), row["student"])
-    diagnostics = {key.split("/", 1)[1]: artifacts.corpus_diagnostics(path)
-                   for key, path in ctx.inputs.items() if key.startswith("generate/")}
+    diagnostics = {corpus_id: artifacts.corpus_diagnostics(path) for corpus_id, path in ctx.inputs_of("generate").items()}
     diagnostics = {name: diag for name, diag in diagnostics.items() if diag}
     drawn = draw(fit, rows, diagnostics, out / "figures")
     theory = []

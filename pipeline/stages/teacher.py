@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
-from pipeline.unit import Unit
+from pipeline.unit import Unit, unit_key
 
 NAME = "teacher"
 VERSION = 2
@@ -49,10 +49,11 @@ def teacher_unit(cfg, generation: int) -> Unit:
         params["training"] = t.training.result_fields()
         params["human"] = generation == 0 or cfg.generate.mode == "accumulate"
         params["corpora"] = training_corpora(generation, cfg.generate.mode)
+    unit_id = artifacts.generation_id(generation)
     settings = {"training": t.training.settings(), "eval_batch_size": cfg.evaluate.batch_size,
-                "run_info": {"project": cfg.name, "name": f"{NAME}/g{generation}"}}
+                "run_info": {"project": cfg.name, "name": unit_key(NAME, unit_id)}}
     inputs = (PREPARE_KEY, *(artifacts.corpus_key(k) for k in params.get("corpora", [])))
-    return Unit(NAME, f"g{generation}", params, inputs=inputs, settings=settings, multiprocess=True, resumable=True)
+    return Unit(NAME, unit_id, params, inputs=inputs, settings=settings, multiprocess=True, resumable=True)
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -156,13 +157,11 @@ def training_data(ctx, tokenizer, run_tokenizer, block_size: int):
     corpora = [Path(ctx.inputs[artifacts.corpus_key(k)]) for k in params["corpora"]]
     if not same_vocabulary(tokenizer, run_tokenizer):
         return _repacked(ctx, tokenizer, block_size, prepare_dir, corpora)
-    from pipeline.data.packing import load_blocks
-
-    train = ([load_blocks(prepare_dir / "train", torch_format=False)] if params["human"] else [])
-    train += [load_blocks(c / "blocks", torch_format=False) for c in corpora]
-    validation = [load_blocks(c / "heldout", torch_format=False) for c in corpora if (c / "heldout" / "state.json").is_file()]
+    train = ([artifacts.blocks(prepare_dir, "train")] if params["human"] else [])
+    train += [artifacts.blocks(c, "blocks") for c in corpora]
+    validation = [artifacts.blocks(c, "heldout") for c in corpora if artifacts.has_blocks(c, "heldout")]
     if params["human"] or not validation:  # no synthetic held-out text (heldout_fraction 0): human validation
-        validation.insert(0, load_blocks(prepare_dir / "validation", torch_format=False))
+        validation.insert(0, artifacts.blocks(prepare_dir, "validation"))
     return concatenate_datasets(train), concatenate_datasets(validation)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
-from pipeline.unit import Unit
+from pipeline.unit import Unit, unit_key
 
 NAME = "train"
 VERSION = 1
@@ -39,7 +39,7 @@ def plan(cfg, planned) -> list[Unit]:
                 uid = unit_id(student.label, mix_unit.id, seed)
                 params = {"student": student.label, "model": student_params, "checkpoint": checkpoint,
                           "training": training, "seed": seed}
-                run_info = {"project": cfg.name, "name": f"{NAME}/{uid}"}
+                run_info = {"project": cfg.name, "name": unit_key(NAME, uid)}
                 units.append(Unit(NAME, uid, params, inputs=(mix_unit.key, PREPARE_KEY),
                                   settings={"training": settings, "run_info": run_info},
                                   multiprocess=True, resumable=True))
@@ -62,10 +62,10 @@ def run(ctx) -> dict[str, Any]:
     from pipeline.lm.training.loop import train_model
 
     params, out = ctx.params, Path(ctx.out)
-    mix_key = ctx.unit.inputs[0]
+    [(mix_id, mix_dir)] = ctx.inputs_of("mix").items()
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
     tokenizer = artifacts.tokenizer(prepare_dir)
-    train_blocks = artifacts.blocks(ctx.inputs[mix_key], "blocks")
+    train_blocks = artifacts.blocks(mix_dir, "blocks")
     val_blocks = artifacts.blocks(prepare_dir, "validation")
     block_size = artifacts.block_size(prepare_dir)
 
@@ -83,5 +83,5 @@ def run(ctx) -> dict[str, Any]:
         ctx.log.info("train %s: %d steps, best val loss %.4f, %.0f tokens/s, MFU %.3f", ctx.unit.id,
                      metrics["steps"], metrics["best_val_loss"] or float("nan"), metrics["tokens_per_s"] or 0,
                      metrics["mfu"] or 0)
-    return {"student": params["student"], "family": model.config.model_type, "mix": mix_key.split("/", 1)[1],
+    return {"student": params["student"], "family": model.config.model_type, "mix": mix_id,
             "seed": params["seed"], **metrics}
