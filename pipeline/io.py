@@ -203,3 +203,12 @@ def content_identity(paths: list[Path], cache_file: Path | None = None) -> dict[
         with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
             write_json_atomic(cache_file, cache)
     return identity
+
+
+CACHE_ENV = "COLLAPSE_CACHE"
+
+
+def cache_root() -> Path:
+    """The one data cache (converted checkpoints, cleaned Wikipedia, content hashes): $COLLAPSE_CACHE,
+    else data/cache under the working directory (git-ignored). Deleting it only costs recomputing."""
+    return Path(os.environ.get(CACHE_ENV) or "data/cache")

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.io import cache_root
 
 DUMP_NAME = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 # Bump when the cleaning rules change: the cache key includes it, so stale caches are not reused.
@@ -163,13 +164,8 @@ def group_paragraphs(paragraphs: list[str], min_chars: int) -> list[str]:
 def load_wikipedia(min_chars: int, cache_dir: Path | None = None) -> list[str]:
     """Cleaned articles cut into paragraph groups (see `group_paragraphs`), cached on disk."""
     path = dump_path()
-    articles = _cached_articles(path, cache_dir or default_cache_dir())
+    articles = _cached_articles(path, cache_dir or cache_root())
     return [doc for paragraphs in articles for doc in group_paragraphs(paragraphs, min_chars)]
-
-
-def default_cache_dir() -> Path:
-    """`$COLLAPSE_CACHE_DIR`, else `data/cache` under the working directory (git-ignored)."""
-    return Path(os.environ.get("COLLAPSE_CACHE_DIR") or "data/cache")
 
 
 def _cached_articles(path: Path, cache_dir: Path) -> list[list[str]]:

@@ -16,21 +16,15 @@ changed file is converted again. That directory is a valid `tokenizer.path` too.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.io import content_identity, read_json_object, write_dir_atomic, write_json_atomic
+from pipeline.io import cache_root, content_identity, read_json_object, write_dir_atomic, write_json_atomic
 
 GGUF_SCHEME = "gguf:"
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".model")  # weights, configs, tokenizer files
 CONTENT_HASHES = "content-hashes.json"  # the hash cache of content_hashes, under cache_root()
 _HEADER_BYTES = 16 << 20  # hash the first 16 MiB + size: identifies a file without reading GBs
-
-
-def cache_root() -> Path:
-    """Where converted checkpoints live: $COLLAPSE_CACHE or ./data/cache."""
-    return Path(os.environ.get("COLLAPSE_CACHE", "data/cache"))
 
 
 def is_gguf(spec: str) -> bool:

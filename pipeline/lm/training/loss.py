@@ -29,9 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.lm.evaluation import window_logits
+from pipeline.lm.evaluation import IGNORE, window_logits  # IGNORE: the target of a padded position
 
-IGNORE = -100
 CHUNK_ELEMENTS = 1 << 27  # logits per chunk (tokens x vocabulary): 512 MB in fp32
 log = logging.getLogger("collapse")
 

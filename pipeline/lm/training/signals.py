@@ -12,7 +12,8 @@ from __future__ import annotations
 import signal
 import threading
 
-EXIT_REQUEUE = 75
+from pipeline.errors import ExitCode
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -20,12 +21,12 @@ class Preempted(SystemExit):
     """Raised after the checkpoint a SIGTERM/SIGUSR1 asked for; the process exits with code 75."""
 
     def __init__(self, step: int, signum: int) -> None:
-        super().__init__(EXIT_REQUEUE)
+        super().__init__(ExitCode.REQUEUE)
         self.step, self.signum = step, signum
 
     def __str__(self) -> str:
         return (f"received {signal.Signals(self.signum).name}: checkpointed at step {self.step}, "
-                f"exit {EXIT_REQUEUE} (requeue to resume)")
+                f"exit {ExitCode.REQUEUE.value} (requeue to resume)")
 
 
 class StopFlag:
