@@ -57,24 +57,26 @@ def test_shards_cover_every_window_once():
     assert torch.equal(pooled, torch.arange(1, 200))
 
 
-def test_bits_per_byte_uses_the_exact_bytes_of_the_predicted_tokens(tmp_path):
+def test_bits_per_byte_divide_by_the_bytes_of_the_text(tmp_path):
+    from pipeline.data.packing import text_bytes
     from pipeline.data.tokenizer import token_byte_lengths, train_bpe_tokenizer
-    from pipeline.lm.evaluation import evaluate_stream, target_bytes
+    from pipeline.lm.evaluation import evaluate_stream
 
     tokenizer = train_bpe_tokenizer(TEXTS * 20, 300, tmp_path / "tok")
     eos = tokenizer.eos_token_id
     ids = np.concatenate([tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in TEXTS])
-    lengths = token_byte_lengths(tokenizer)
-    assert target_bytes(ids, lengths) == sum(len(t.encode("utf-8")) for t in TEXTS), "EOS stands for 0 bytes"
+    n_bytes = sum(text_bytes(text) for text in TEXTS)
+    assert n_bytes == sum(len(t.encode("utf-8")) for t in TEXTS)
+    assert int(token_byte_lengths(tokenizer)[ids].sum()) == n_bytes, "byte-level BPE tokens spell the text; EOS 0 bytes"
 
     torch.manual_seed(0)
     from pipeline.config import ModelConfig
     from pipeline.lm.models import build_model
 
     model = build_model(ModelConfig(family="llama", size="nano"), len(tokenizer), 32, eos, eos)
-    result = evaluate_stream(model, ids, window=32, eos_id=eos, byte_lengths=lengths, batch_size=4,
+    result = evaluate_stream(model, ids, window=32, eos_id=eos, n_bytes=n_bytes, batch_size=4,
                              device=torch.device("cpu"), progress=False)
-    assert result["tokens"] == len(ids)
+    assert result["tokens"] == len(ids) and result["bytes"] == n_bytes
     assert result["bits_per_byte"] == pytest.approx(result["nll_sum"] / math.log(2) / result["bytes"])
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert result["loss"] == pytest.approx(result["nll_sum"] / len(ids))
@@ -124,10 +126,11 @@ def _run_generate(ctx):
     language = ReferenceLanguage(reference["beta"], reference["lexicon_size"], reference["mean_sentence_words"],
                                  reference["mean_document_sentences"], seed=reference["seed"])
     tokenizer = artifacts.tokenizer(ctx.inputs["prepare/prepare"])
-    pack_documents(language.sample_documents(15, seed=77), tokenizer, ctx.params["block_size"],
-                   ctx.out / "heldout", keep_remainder=True)
-    return pack_documents(language.sample_documents(120, seed=7), tokenizer, ctx.params["block_size"],
-                          ctx.out / "blocks")
+    heldout, train = language.sample_documents(15, seed=77), language.sample_documents(120, seed=7)
+    pack_documents(heldout, tokenizer, ctx.params["block_size"], ctx.out / "heldout", keep_remainder=True)
+    (ctx.out / "text.jsonl").write_text("".join(json.dumps({"text": text, "heldout": held}) + "\n"
+                                                for texts, held in ((train, False), (heldout, True)) for text in texts))
+    return pack_documents(train, tokenizer, ctx.params["block_size"], ctx.out / "blocks")
 
 
 def test_train_and_evaluate_stages_through_the_runner(tmp_path):
@@ -173,6 +176,8 @@ def test_train_and_evaluate_stages_through_the_runner(tmp_path):
         assert row["excess_loss"] == pytest.approx(row["loss"] - prepare_metrics["reference"]["test"]["nats_per_token"])
         assert row["excess_loss"] > 0, "no model beats the true entropy of the language"
         assert row["synthetic_loss"] > 0 and row["synthetic_tokens"] > 0
+        assert row["synthetic_bpb"] == pytest.approx(row["synthetic_loss"] * row["synthetic_tokens"] / math.log(2)
+                                                      / row["synthetic_bytes"])
 
     stale = run_dir / "evaluate" / "gpt2-nano-g0-p0.5-n999-s0"  # left by an earlier grid of this run name
     stale.mkdir()

@@ -88,22 +88,42 @@ def test_json_outputs_refuse_nan_and_infinity_naming_where_it_is(tmp_path):
 
 # ---------------------------------------------------------------- result numbers are covered by hashes
 
-EVALUATED = ("generate.tokens=1000", "generate.shards=1", "teacher.training.tokens=1024")
+EVALUATED = ("generate.tokens=1000", "generate.shards=1", "teacher.training.tokens=1024", "tokenizer.kind=pretrained")
 THROUGH_EVALUATE = "prepare,teacher,generate,mix,train,evaluate"
 EVAL_UNIT = "evaluate/gpt2-nano-g0-p0-n3000-s0"
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory) -> Path:
-    """One student trained and evaluated (teacher and generate cut to a step and one shard), built once;
-    each test works on its own copy (`evaluated_copy`)."""
+    """One student trained and evaluated (teacher and generate cut to a step and one shard) on a
+    SentencePiece-style tokenizer, built once; each test works on its own copy (`evaluated_copy`)."""
     base = tmp_path_factory.mktemp("evaluated")
+    tokenizer = sentencepiece_style_tokenizer(base / "tokenizer")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         patch.setenv("COLLAPSE_CACHE", str(base / "cache"))
-        rc, _, err = _cli_quiet("run", *tiny_args(base, *P0_MIX, *EVALUATED), "--stages", THROUGH_EVALUATE, "--no-progress")
+        args = tiny_args(base, *P0_MIX, *EVALUATED, f"tokenizer.path={tokenizer}")
+        rc, _, err = _cli_quiet("run", *args, "--stages", THROUGH_EVALUATE, "--no-progress")
     assert rc == 0, err
     return base / "runs" / "tiny"
+
+
+def sentencepiece_style_tokenizer(path: Path) -> Path:
+    """A BPE whose pre-tokenizer writes "▁" for a space and before every document, as SentencePiece
+    does: its tokens spell one byte more per document than the text has."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pipeline.data.reference import ReferenceLanguage
+
+    texts = ReferenceLanguage(1.3, 400, 10.0, 6.0, seed=0).sample_documents(200, seed=5)
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", bos_token="</s>", unk_token="<unk>",
+                            pad_token="</s>").save_pretrained(path)
+    return path
 
 
 def _cli_quiet(*argv) -> tuple[int, str, str]:
@@ -226,3 +246,42 @@ def test_other_weights_of_the_same_size_in_a_pretrained_dir_are_another_teacher(
     assert {"teacher/g0", "generate/g0"} <= changed
     assert {key.split("/")[0] for key in changed} - {"teacher", "generate", "mix", "train", "evaluate", "fit", "report"} == set()
     assert not any(key.startswith("prepare/") for key in changed)
+
+
+# ---------------------------------------------------------------- the evaluation's numbers
+
+
+def test_evaluation_does_not_depend_on_the_batch_size():
+    import numpy as np
+    import torch
+
+    from pipeline.lm.evaluation import evaluate_stream
+    from train_helpers import tiny_model
+
+    model = tiny_model(seed=3).eval()
+    ids = np.random.default_rng(0).integers(1, 96, size=40 * 31 + 5)
+    results = [evaluate_stream(model, ids, window=32, eos_id=0, n_bytes=4000, batch_size=batch,
+                               device=torch.device("cpu"), progress=False) for batch in (1, 3, 64)]
+    assert results[0] == results[1] == results[2], "every number equal to the last digit"
+
+
+def test_bits_per_byte_divide_by_the_text_bytes_with_a_sentencepiece_style_tokenizer(evaluated):
+    import math
+
+    from pipeline.data.packing import text_bytes
+    from pipeline.stages import artifacts
+
+    prepare = json.loads((evaluated / "prepare" / "manifest.json").read_text())["metrics"]
+    test = prepare["splits"]["test"]
+    assert test["token_bytes"] == test["bytes"] + test["documents"], "the fixture's tokens add one byte per document"
+    assert test["bytes"] == sum(text_bytes(doc) for doc in artifacts.documents(evaluated / "prepare", "test"))
+
+    teacher = json.loads((evaluated / "teacher" / "g0" / "manifest.json").read_text())["metrics"]["test"]
+    assert not teacher["capped"] and teacher["bytes"] == test["bytes"]
+    assert teacher["bits_per_byte"] == pytest.approx(teacher["loss"] * teacher["tokens"] / math.log(2) / test["bytes"])
+
+    row = json.loads((evaluated / EVAL_UNIT / "manifest.json").read_text())["metrics"]
+    assert row["test_bytes"] == test["bytes"]
+    assert row["synthetic_bytes"] == artifacts.corpus_bytes(evaluated / "generate" / "g0", heldout=True) > 0
+    assert row["synthetic_bpb"] == pytest.approx(row["synthetic_loss"] * row["synthetic_tokens"] / math.log(2)
+                                                 / row["synthetic_bytes"])

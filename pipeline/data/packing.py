@@ -23,7 +23,14 @@ def _tokenize_batch(batch: dict, backend, eos_id: int) -> dict:
     backend.encode_special_tokens = True
     encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     return {"input_ids": [encoding.ids + [eos_id] for encoding in encodings],
-            "n_bytes": [len(text.encode("utf-8")) for text in texts]}
+            "n_bytes": [text_bytes(text) for text in texts]}
+
+
+def text_bytes(text: str) -> int:
+    """The bytes a document counts for in bits per byte, everywhere: its UTF-8 text. Not the bytes its
+    tokens spell, which a tokenizer may change (a SentencePiece "▁" before every document, a normaliser);
+    for a byte-level BPE the two agree. EOS after a document counts 0 bytes (its prediction is paid for)."""
+    return len(text.encode("utf-8"))
 
 
 def plain_backend(tokenizer):

@@ -10,10 +10,11 @@ tokens with 0..T-2 tokens of context: the held-out loss measures the same quanti
 (a longer-context sliding window would give a lower number that is not comparable to the training loss).
 The last window is padded with EOS and its padded targets masked out.
 
-The NLL is summed in float64 over all predicted tokens; loss = sum / tokens (never a mean of batch means);
-bits per byte = sum / ln 2 / bytes, where bytes are those of the predicted tokens from the tokenizer's
-token -> byte-length table (`pipeline.data.tokenizer.token_byte_lengths`; EOS and other special tokens
-stand for 0 bytes but their prediction is paid for). The pooled numbers are computed by the shipped
+The NLL of every predicted token is kept and the stream's total summed once in float64, in stream
+order (`stream_nll`): the batch size cannot change the result. loss = sum / tokens (never a mean of batch
+means); bits per byte = sum / ln 2 / bytes, where bytes are the UTF-8 bytes of the text the tokens encode
+(`pipeline.data.packing.text_bytes`: what the text is, not what a tokenizer adds to it, such as a
+SentencePiece "▁" before every document). The pooled numbers are computed by the shipped
 `evaluate` module `pipeline/lm/metrics/summed_nll_perplexity`.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -94,52 +95,75 @@ def window_logits(model, inputs: torch.Tensor) -> torch.Tensor:
         return model(input_ids=inputs, use_cache=False).logits[:, :-1]
 
 
-@torch.no_grad()
-def summed_nll(model, windows: Windows, batch_size: int, device: torch.device, precision: str = "fp32",
-               progress: bool = False, desc: str = "eval") -> tuple[float, int]:
-    """(sum of NLL in nats over every target, number of targets) of `windows` under `model`."""
+def _batches(model, windows: Windows, batch_size: int, device: torch.device, precision: str, progress: bool,
+             desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits as float32, targets) of consecutive batches of `batch_size` windows, in window order."""
     from pipeline.lm.progress import progress_bar
 
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
     starts = range(0, len(windows.inputs), batch_size)
     for start in progress_bar(starts, show=progress, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         inputs = windows.inputs[start:start + batch_size].to(device, non_blocking=True)
         targets = windows.targets[start:start + batch_size].to(device, non_blocking=True)
         with autocast_context(device, precision):
             logits = window_logits(model, inputs)
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                              ignore_index=IGNORE, reduction="sum")
-        total += nll.double()
+        yield logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
+@torch.no_grad()
+def summed_nll(model, windows: Windows, batch_size: int, device: torch.device, precision: str = "fp32",
+               progress: bool = False, desc: str = "eval") -> tuple[float, int]:
+    """(sum of NLL in nats over every target, number of targets) of `windows` under `model`.
+
+    Each batch's NLL is summed in float32, so the last digits depend on `batch_size`: what training's
+    validation uses (its numbers choose the checkpoint kept, and must stay those of finished runs).
+    Held-out evaluation uses `stream_nll`, which does not depend on the batch size.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for logits, targets in _batches(model, windows, batch_size, device, precision, progress, desc):
+        total += F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum").double()
         count += int((targets != IGNORE).sum())
     model.train(was_training)
     return float(total), count
 
 
-def target_bytes(ids: np.ndarray, byte_lengths: np.ndarray) -> int:
-    """UTF-8 bytes the predicted tokens stand for (every token of the stream is predicted once)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) and ids.max() >= len(byte_lengths):
-        raise ValueError(f"token id {int(ids.max())} is outside the tokenizer's byte table ({len(byte_lengths)} ids)")
-    return int(np.asarray(byte_lengths, dtype=np.int64)[ids].sum())
+@torch.no_grad()
+def stream_nll(model, windows: Windows, batch_size: int, device: torch.device, precision: str = "fp32",
+               progress: bool = False, desc: str = "eval") -> tuple[float, int]:
+    """(sum of NLL in nats over every target, number of targets), the same whatever `batch_size`.
+
+    Every target's NLL is kept (float32, in stream order) and the whole stream is summed once, in float64
+    and in one fixed order: no per-batch partial sum whose rounding would depend on where batches end.
+    (A token's own NLL does not depend on the batch on CPU; on a GPU, kernels chosen by batch shape may
+    change its last bits.)
+    """
+    was_training = model.training
+    model.eval()
+    per_token = []
+    for logits, targets in _batches(model, windows, batch_size, device, precision, progress, desc):
+        nll = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
+        per_token.append(nll[targets != IGNORE].cpu())
+    model.train(was_training)
+    values = torch.cat(per_token).numpy().astype(np.float64) if per_token else np.zeros(0)
+    return float(values.sum()), len(values)
 
 
-def evaluate_stream(model, ids: np.ndarray, *, window: int, eos_id: int, byte_lengths: np.ndarray | None,
+def evaluate_stream(model, ids: np.ndarray, *, window: int, eos_id: int, n_bytes: int | None,
                     batch_size: int, device: torch.device, precision: str = "fp32", metric: Any = None,
                     progress: bool = True, desc: str = "eval") -> dict[str, Any]:
     """Loss (nats/token), perplexity and bits per byte of `model` on the token stream `ids`.
 
-    `metric`: a loaded `summed_nll_perplexity` module (loaded by path if not given). The model's
-    context must hold `window` tokens.
+    `n_bytes`: the UTF-8 bytes of the text `ids` encode (`pipeline.data.packing.text_bytes`), the
+    denominator of bits per byte (None: not known, no bits per byte). `metric`: a loaded
+    `summed_nll_perplexity` module (loaded by path if not given). The model's context must hold `window` tokens.
     """
     from pipeline.lm.metrics import load_metric
 
     windows = stream_windows(ids, window, eos_id)
-    nll, tokens = summed_nll(model, windows, batch_size, device, precision, progress=progress, desc=desc)
+    nll, tokens = stream_nll(model, windows, batch_size, device, precision, progress=progress, desc=desc)
     if tokens != len(ids):
         raise AssertionError(f"evaluation predicted {tokens} tokens of a {len(ids)}-token stream")
-    n_bytes = target_bytes(ids, byte_lengths) if byte_lengths is not None else 0
     metric = metric or load_metric("summed_nll_perplexity")
-    return metric.compute(nll_sums=[nll], token_counts=[tokens], byte_counts=[n_bytes])
+    return metric.compute(nll_sums=[nll], token_counts=[tokens], byte_counts=[n_bytes or 0])

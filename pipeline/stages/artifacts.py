@@ -146,6 +146,14 @@ def teacher_model(teacher_dir: str | Path, device, trust_remote_code: bool):
     return model.to(device).eval(), tokenizer
 
 
+def corpus_bytes(corpus_dir: str | Path, heldout: bool | None = None) -> int:
+    """UTF-8 bytes of a corpus unit's texts (as corpus_documents selects them), counted as every bits per
+    byte counts them (pipeline.data.packing.text_bytes)."""
+    from pipeline.data.packing import text_bytes
+
+    return sum(text_bytes(text) for text in corpus_documents(corpus_dir, heldout))
+
+
 def corpus_diagnostics(corpus_dir: str | Path) -> dict[str, Any]:
     return read_json_object(Path(corpus_dir) / "diagnostics.json") or {}
 

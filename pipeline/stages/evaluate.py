@@ -15,7 +15,6 @@ whenever it does not match the units (a unit finished or redone, the file delete
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from pipeline.stages.artifacts import PREPARE_KEY
 from pipeline.unit import Unit
 
 NAME = "evaluate"
-VERSION = 1
+VERSION = 2  # 2: sums independent of evaluate.batch_size; synthetic bits per byte over the text's own bytes
 RESULTS_FILE = "results.jsonl"
 
 
@@ -47,7 +46,6 @@ def plan(cfg, planned) -> list[Unit]:
 def run(ctx) -> dict[str, Any]:
     import torch
 
-    from pipeline.data.tokenizer import token_byte_lengths
     from pipeline.distributed import default_device
     from pipeline.lm.evaluation import evaluate_stream, token_stream
     from pipeline.lm.metrics import load_metric
@@ -57,20 +55,18 @@ def run(ctx) -> dict[str, Any]:
     prepare = ctx.manifest(PREPARE_KEY)["metrics"]
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
     tokenizer = artifacts.tokenizer(prepare_dir)
-    byte_lengths = token_byte_lengths(tokenizer)
     device = default_device()
     model = _load_model(Path(ctx.inputs[keys["train"]]) / "model", ctx.params["trust_remote_code"], device)
-    metric = load_metric("summed_nll_perplexity")
     precision = ctx.params["precision"]
     if precision == "auto":  # bf16 on a GPU, fp32 on a CPU (as in training)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    settings = dict(window=int(prepare["block_size"]), eos_id=int(tokenizer.eos_token_id), byte_lengths=byte_lengths,
+    settings = dict(window=int(prepare["block_size"]), eos_id=int(tokenizer.eos_token_id),
                     batch_size=ctx.settings["batch_size"], device=device, precision=precision,
-                    metric=metric, progress=ctx.is_main_process)
+                    metric=load_metric("summed_nll_perplexity"), progress=ctx.is_main_process)
 
+    # prepare counted the test text's bytes with pipeline.data.packing.text_bytes, as below for synthetic text
     test = evaluate_stream(model, token_stream(artifacts.blocks(prepare_dir, "test")),
-                           desc=f"test {ctx.unit.id}", **settings)
-    _text_bytes_denominator(test, int(prepare["splits"]["test"]["bytes"]))
+                           n_bytes=int(prepare["splits"]["test"]["bytes"]), desc=f"test {ctx.unit.id}", **settings)
     row = _identity(ctx.unit.id, train_manifest, mix_manifest)
     row.update(loss=test["loss"], ppl=test["perplexity"], bpb=test["bits_per_byte"], test_tokens=test["tokens"],
                test_bytes=test["bytes"], test_nll_sum=test["nll_sum"])
@@ -83,21 +79,15 @@ def run(ctx) -> dict[str, Any]:
     if corpus is not None and artifacts.has_blocks(corpus, "heldout"):
         ids = token_stream(artifacts.blocks(corpus, "heldout"))
         if len(ids):
-            synthetic = evaluate_stream(model, ids, desc=f"synthetic {ctx.unit.id}", **settings)
+            synthetic = evaluate_stream(model, ids, n_bytes=artifacts.corpus_bytes(corpus, heldout=True),
+                                        desc=f"synthetic {ctx.unit.id}", **settings)
             row.update(synthetic_loss=synthetic["loss"], synthetic_ppl=synthetic["perplexity"],
-                       synthetic_bpb=synthetic["bits_per_byte"], synthetic_tokens=synthetic["tokens"])
-    ctx.log.info("evaluate %s: test loss %.4f nats/token, ppl %.2f, %.4f bits/byte%s", ctx.unit.id, row["loss"],
-                 row["ppl"], row["bpb"] or float("nan"),
+                       synthetic_bpb=synthetic["bits_per_byte"], synthetic_tokens=synthetic["tokens"],
+                       synthetic_bytes=synthetic["bytes"])
+    ctx.log.info("evaluate %s: test loss %.4f nats/token, ppl %.2f, %s bits/byte%s", ctx.unit.id, row["loss"],
+                 row["ppl"], "-" if row["bpb"] is None else f"{row['bpb']:.4f}",
                  f", synthetic loss {row['synthetic_loss']:.4f}" if "synthetic_loss" in row else "")
     return row
-
-
-def _text_bytes_denominator(result: dict[str, Any], text_bytes: int) -> None:
-    """Bits per byte divide by the UTF-8 bytes of the test text itself whenever the token byte table does
-    not sum to it (a normalising or SentencePiece-style tokenizer; byte-level BPE sums exactly)."""
-    if result["bytes"] != text_bytes and text_bytes > 0:
-        result["bits_per_byte"] = result["nll_sum"] / math.log(2) / text_bytes
-        result["bytes"] = text_bytes
 
 
 def _load_model(path: Path, trust_remote_code: bool, device):

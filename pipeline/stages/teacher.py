@@ -29,8 +29,8 @@ from pipeline.unit import Unit, unit_key
 NAME = "teacher"
 VERSION = 2
 # The teacher's test loss is a diagnostic (students are what evaluate measures). On a CPU it uses the
-# first test tokens that fit in this many forward FLOPs (2 x parameters per token): every test token of
-# the 0.9M demo teacher, ~7k for SmolLM2-135M (seconds, not minutes). On a GPU: every test token.
+# first whole test documents whose tokens reach this many forward FLOPs (2 x parameters per token):
+# every test token of the 0.9M demo teacher, ~7k for SmolLM2-135M (seconds, not minutes). On a GPU: all.
 TEACHER_TEST_CPU_FLOPS = 2e12
 
 
@@ -184,12 +184,14 @@ def _repacked(ctx, tokenizer, block_size: int, prepare_dir: Path, corpora: list[
 
 
 def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict[str, Any]:
-    """The teacher's loss / perplexity / bits per byte on the human test documents (see TEACHER_TEST_CPU_FLOPS)."""
+    """The teacher's loss / perplexity / bits per byte on the human test documents (see TEACHER_TEST_CPU_FLOPS:
+    on a CPU the first whole documents that reach the cap, so that bits per byte divide by their text's bytes)."""
+    import numpy as np
+    import pyarrow.compute as pc
     import torch
     from transformers import AutoModelForCausalLM
 
     from pipeline.data.packing import concatenated_ids, tokenize_documents
-    from pipeline.data.tokenizer import token_byte_lengths
     from pipeline.lm.evaluation import evaluate_stream
     from pipeline.distributed import default_device
 
@@ -198,13 +200,16 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust,
                                                  use_safetensors=True).to(device).eval()
     documents = artifacts.documents(Path(ctx.inputs[PREPARE_KEY]), "test")
-    ids = concatenated_ids(tokenize_documents(list(documents), tokenizer)).astype("int64")
+    tokenized = tokenize_documents(list(documents), tokenizer)  # n_bytes: each text's bytes (packing.text_bytes)
+    ends = np.cumsum(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy())
+    kept = len(ends)
     if device.type == "cpu":
         limit = max(block_size, int(TEACHER_TEST_CPU_FLOPS / (2 * sum(p.numel() for p in model.parameters()))))
-        capped, ids = len(ids) > limit, ids[:limit]
-    else:
-        capped = False
-    result = evaluate_stream(model, ids, window=block_size, eos_id=tokenizer.eos_token_id,
-                             byte_lengths=token_byte_lengths(tokenizer), batch_size=ctx.settings["eval_batch_size"],
-                             device=device, progress=ctx.is_main_process, desc=f"teacher {ctx.unit.id} test")
-    return {**{k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")}, "capped": capped}
+        kept = min(kept, int(np.searchsorted(ends, limit)) + 1)
+    ids = concatenated_ids(tokenized)[:ends[kept - 1]].astype("int64")
+    n_bytes = int(np.asarray(tokenized["n_bytes"])[:kept].sum())
+    result = evaluate_stream(model, ids, window=block_size, eos_id=tokenizer.eos_token_id, n_bytes=n_bytes,
+                             batch_size=ctx.settings["eval_batch_size"], device=device,
+                             progress=ctx.is_main_process, desc=f"teacher {ctx.unit.id} test")
+    return {**{k: result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes")},
+            "capped": kept < len(ends)}
