@@ -1,5 +1,5 @@
-"""Hardening of the data layer (issue 13): exact bytes with SentencePiece-style tokenizers (#13), mixing
-that never writes into its inputs (#10), and one-line errors for corpora that are not UTF-8 text."""
+"""Hardening of the data layer: exact bytes with SentencePiece-style tokenizers, mixing
+that never writes into its inputs, and one-line errors for corpora that are not UTF-8 text."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _utf8(texts) -> int:
     return sum(len(text.encode("utf-8")) for text in texts)
 
 
-# ---------------------------------------------------------------- #13 bytes per token, SentencePiece style
+# ---------------------------------------------------------------- bytes per token, SentencePiece style
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_a_normalising_tokenizer_is_caught_and_the_documents_give_the_true_bytes
         docs_utf8_bytes(tmp_path / "missing")
 
 
-# ---------------------------------------------------------------- #10 mixing never writes into its inputs
+# ---------------------------------------------------------------- mixing never writes into its inputs
 
 
 def _listing(folder: Path) -> dict[str, tuple[int, int]]:

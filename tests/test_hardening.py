@@ -1,4 +1,4 @@
-"""Bad input and damage, table by table (issue 13): configs, corpora, CLI misuse, damaged and stale
+"""Bad input and damage, table by table: configs, corpora, CLI misuse, damaged and stale
 artefacts, overlapping runs, read-only and full disks, Slurm values.
 
 Every case asserts the exit code, the one line `collapse: error: ...` naming the key or file, and either

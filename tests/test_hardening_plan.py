@@ -1,7 +1,7 @@
 """Careless users against the plan: values that passed validation and failed mid-run (trackers, a batch
 larger than a mixture, infinite or astronomic counts, negative seeds, a missing pretrained model), a
 cut-short `--stages` list, bad input found mid-run deleting finished units, YAML 1.1 booleans, a closed
-pipe, a file where a directory belongs, and a full disk reported by safetensors (issue 22).
+pipe, a file where a directory belongs, and a full disk reported by safetensors.
 
 Same idioms as tests/test_hardening.py (whose fixtures and CLI helper this module uses): runner-level
 cases use the toy stages of tests/toy_stages.py through the real CLI, pipeline-level ones plan

@@ -1,6 +1,6 @@
-"""A run SIGKILLed at several moments and then finished gives the files of an uninterrupted run (issue 13, #15).
+"""A run SIGKILLed at several moments and then finished gives the files of an uninterrupted run.
 
-The way it failed before: the demo's process group killed, among other moments, just as a generate shard
+The failure this guards against: the demo's process group killed, among other moments, just as a generate shard
 started; the next `collapse run` regenerated that shard in a fresh process, whose text differed in a few
 documents. Here tests/configs/tiny.yaml is killed (the whole process group, SIGKILL) as the teacher trains,
 as the second generate shard starts, and as a student trains; each time the same command is run again, and

@@ -74,7 +74,7 @@ class DecodePlan:
 
 def decode_plan(model, device) -> DecodePlan:
     """The plan per device: CUDA compiles the decode forward into CUDA graphs over bucketed batch shapes;
-    every other device (CPU) decodes eagerly, unpadded, exactly as before compilation existed here."""
+    every other device (CPU) decodes eagerly and unpadded: nothing to compile for, so no padding to pay."""
     if getattr(device, "type", device) == "cuda":
         # transformers marks the models whose forward compiles without graph breaks (GPT-2, Llama, ...).
         return DecodePlan(compile=True, fullgraph=bool(getattr(model, "_can_compile_fullgraph", False)), bucket=True)

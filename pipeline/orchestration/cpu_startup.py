@@ -118,7 +118,7 @@ def enable_fast_mkl_on_amd() -> str:
 def reproducible_mkl() -> str:
     """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, at its first call).
 
-    COLLAPSE_MKL_CBWR=0 leaves MKL in its default mode: the numerics of releases before this setting
+    COLLAPSE_MKL_CBWR=0 leaves MKL in its default mode, whose kernels may depend on buffer alignment
     (rounding differs at the 1e-7 level, which a few hundred optimizer steps amplify to ~1e-3 in loss).
     """
     if os.environ.get("COLLAPSE_MKL_CBWR", "1") == "0":

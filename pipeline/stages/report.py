@@ -46,7 +46,8 @@ def run(ctx) -> dict[str, Any]:
     rows = artifacts.result_rows(ctx.inputs)
     for row in rows:
         row["curve"] = fit.get("curve_of_unit", {}).get(row.get("unit"), row["student"])
-    diagnostics = {corpus_id: artifacts.corpus_diagnostics(path) for corpus_id, path in ctx.inputs_of("generate").items()}
+    diagnostics = {corpus_id: artifacts.corpus_diagnostics(path)
+                   for corpus_id, path in ctx.inputs_of("generate").items()}
     diagnostics = {name: diag for name, diag in diagnostics.items() if diag}
     drawn = draw(fit, rows, diagnostics, out / "figures")
     theory = []

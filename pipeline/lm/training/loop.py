@@ -7,8 +7,8 @@ accumulates micro-batches of `micro_batch_size` rows (gradients synchronised on 
 With `train.compile` (auto: on CUDA) the model is torch.compiled in place with static shapes: every
 micro-batch has the same rows (a short last one is padded, its padding carries no loss), so it compiles
 once per unit; validation runs eagerly. On CUDA the loss is chunked over tokens from the final hidden
-states (loss.py), never the fp32 logits of a whole micro-batch; on CPU (small vocabularies, the demo)
-the whole-batch loss keeps results identical to earlier releases.
+states (loss.py), never the fp32 logits of a whole micro-batch; on CPU (small vocabularies, the demo) the
+whole-batch loss over the logits: cheap there, and what README's and docs/studies' CPU numbers used.
 See pipeline/lm/training/data.py (position), checkpoint.py (kill-safety), signals.py (exit 75).
 """
 

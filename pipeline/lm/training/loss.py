@@ -7,7 +7,7 @@ target). `linear_next_token_nll` then walks the tokens in chunks: logits of one 
 the compute dtype, softmax in fp32), its NLL, and at once its gradients (softmax - one-hot) @ W for the
 hidden states and accumulated (softmax - one-hot)^T @ hidden for W. Backward only scales the stored
 gradients, so nothing is recomputed and the peak is one chunk of logits (CHUNK_ELEMENTS). The formulas
-are those of the previous whole-batch path (log_softmax, gather, exp in place, subtract 1 at the
+are those of the whole-batch path below (log_softmax, gather, exp in place, subtract 1 at the
 targets, scale), so a CPU fp32 run that fits in one chunk computes the same numbers (see tests).
 
 A model qualifies when its output embedding is a bias-free nn.Linear whose product IS the logits, which
