@@ -288,7 +288,7 @@ class StudentsConfig(Section):
 class EvaluateConfig(Section):
     """Held-out evaluation: summed token NLL over every human test token."""
 
-    batch_size: int = Field(32, ge=1, description="Blocks per forward pass.")
+    batch_size: int = Field(32, ge=1, description="Blocks per forward pass (speed and memory only: on a CPU the results do not depend on it).")
     precision: Literal["auto", "fp32", "bf16"] = Field("fp32", description="Autocast dtype for evaluation.")
 
 
