@@ -79,6 +79,7 @@ BAD_CONFIGS = [
     ("teacher:\n  epochs: 2\n", [], "teacher.epochs: this key moved; use teacher.training.epochs"),
     ("teacher:\n  pretrained: gpt2\n", [], "teacher.pretrained: this key moved; use teacher.model.pretrained"),
     ("name: demo\n", ["teacher.init=scratch"], "--set teacher.init: teacher.init: this key moved; use teacher.model.pretrained"),
+    ("fit:\n  shared_exponent: true\n", [], "bad.yaml: fit.shared_exponent: this key was replaced; use fit.share"),
     # duplicates in grid lists are config errors, not a traceback from the planner
     ("mix:\n  synthetic_fractions: [0.0, 0.5, 0.5]\n", [], "mix.synthetic_fractions: fraction 0.5 is listed twice"),
     ("mix:\n  token_budgets: [1000, 1000]\n", [], "mix.token_budgets: token budget 1000 is listed twice"),

@@ -72,6 +72,11 @@ def _source_of(loc: str, set_keys: list[str], path: Path) -> str:
 
 
 def _reject_moved_keys(raw: dict[str, Any], path: Path, set_keys: list[str]) -> None:
+    fit = raw.get("fit")
+    if isinstance(fit, dict) and "shared_exponent" in fit:
+        where = _source_of("fit.shared_exponent", set_keys, path)
+        raise ConfigError(f"{where}: fit.shared_exponent: this key was replaced; use fit.share (exponent: one alpha, "
+                          "an amplitude per fraction; exponent_and_amplitude: what shared_exponent: true fitted)")
     for section in ("teacher", "train"):
         block = raw.get(section)
         if not isinstance(block, dict):
