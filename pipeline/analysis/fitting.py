@@ -2,8 +2,9 @@
 
 - `fit_curves`, `fit_scaling_curves`: L_p(n) = E_p + A_p·n^(−α) per synthetic fraction p (`power_law`: weighted least
   squares on the cell means over seeds, α searched on one grid), with a 95% interval for every parameter and
-  derived quantity (plateau gap E_p − E_0, the curve at budgets it did not see, its remaining decline) from one set
-  of joint draws (INTERVAL_METHOD), and two F tests of the form: one amplitude for all curves, and lack of fit.
+  derived quantity (plateau gap E_p − E_0, the curve at budgets it did not see, its remaining decline) by profile
+  likelihood (INTERVAL_METHOD, `profile`), joint draws of the plateaus for use downstream (DRAWS_METHOD), and two
+  F tests of the form: one amplitude for all curves, and lack of fit against the seed noise.
 - `fit_tail_model`, `predicted_tail_cutoff`: Zipf exponent β of a rank-frequency list and the tail cut that
   top-p sampling or a finite teacher implies (A Tale of Tails, Dohmatob et al. 2024: a cut at rank k leaves a
   plateau of order k^−(β−1); via `pipeline.theory.tails`).
@@ -14,17 +15,19 @@ and the measured summaries (seed means, gaps and their trend over budgets) in `p
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import f as f_distribution
+from scipy.special import fdtrc  # the F survival function as a plain ufunc
 
-from pipeline.analysis.intervals import percentile_interval
 from pipeline.analysis.power_law import ALPHA_BOUNDS, PowerLaw
+from pipeline.analysis.profile import Profile
 from pipeline.theory import tails
 
 LEVEL = 0.05  # significance level of the F tests of the form
 INTERVAL_METHOD = (
+    "profile likelihood: every value whose best fit of the law stays within s²·F(0.95; 1, ν) of the best fit overall "
+    "(s² the seed noise with ν degrees of freedom; the exact t-interval were α known, with α profiled on a grid)")
+DRAWS_METHOD = (
     "studentised parametric bootstrap: cell means simulated from the fitted curves with the seed noise, its scale "
-    "drawn from the noise estimate's chi-square (so every interval carries the t distribution of that estimate's "
-    "degrees of freedom), each refitted by the same grid search in alpha as the fit; 2.5 and 97.5 percentiles")
+    "drawn from the noise estimate's chi-square, each refitted by the same grid search in alpha as the fit")
 _REQUIRED = {"synthetic_fraction": float, "token_budget": int, "seed": int, "loss": float}
 
 
@@ -98,7 +101,7 @@ def _f_test(extra_rss: float, extra_dof: int, noise: dict | None) -> dict | None
         return None
     statistic = max(extra_rss, 0.0) / extra_dof / noise["sd"] ** 2
     return {"F": float(statistic), "dof": [int(extra_dof), int(noise["dof"])],
-            "p_value": float(f_distribution.sf(statistic, extra_dof, noise["dof"]))}
+            "p_value": float(fdtrc(extra_dof, noise["dof"], statistic))}
 
 
 def _amplitude_test(cells: dict, n_fractions: int, pure_error: tuple[float, int]) -> dict | None:
@@ -115,7 +118,7 @@ def _amplitude_test(cells: dict, n_fractions: int, pure_error: tuple[float, int]
 
 
 class CurveFit:
-    """One fit of the law to rows: the point estimate and B joint draws of every parameter (arrays [F], [B, F])."""
+    """One fit of the law to rows: the point estimate, the profile behind every interval, B joint draws."""
 
     def __init__(self, rows, share: str = "exponent", bootstrap: int = 200, seed: int = 0):
         if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
@@ -137,13 +140,15 @@ class CurveFit:
         spare = cells["means"].size - self.law.n_parameters
         self.noise = _noise(pure_error, float(self.point["rss"]), spare)
         self.lack_of_fit = _f_test(float(self.point["rss"]), spare, self.noise) if pure_error[1] else None
-        self.draws, self.scales = self._draw(bootstrap, seed)
+        separable = all(self.budgets_of(f).size >= 2 for f in range(self.fractions.size))
+        self.profile = Profile(self.law, cells["means"], self.noise) if self.noise and separable else None
+        self.draws = self._draw(bootstrap, seed)
 
-    def _draw(self, count: int, seed: int) -> tuple[dict, np.ndarray]:
+    def _draw(self, count: int, seed: int) -> dict:
         """Refits of cell means simulated from the fitted curves; each draw's noise scale from sd·√(dof/χ²_dof)."""
         F = self.fractions.size
         if self.noise is None or count == 0:
-            return {key: np.empty((0, F)) for key in ("alpha", "plateau", "amplitude")}, np.empty(0)
+            return {key: np.empty((0, F)) for key in ("alpha", "plateau", "amplitude")}
         rng = np.random.default_rng(seed)
         dof, cells = self.noise["dof"], self.cells
         scales = self.noise["sd"] * np.sqrt(dof / rng.chisquare(dof, count))
@@ -151,48 +156,45 @@ class CurveFit:
         simulated = fitted + scales[:, None] * rng.standard_normal((count, fitted.size)) / np.sqrt(cells["seeds"])
         draws = self.law.fit(simulated)
         draws.pop("rss")
-        return draws, scales
+        return draws
 
-    @property
-    def n_draws(self) -> int:
-        return int(self.scales.size)
+    def quantity(self, terms, new_seeds: int | None = None) -> tuple[float, list[float] | None]:
+        """(point, 95% interval) of Σ cE·E_f + cA(α_f)·A_f over terms [(f, cE, cA)] (A_f at the reference budget);
+        with new_seeds, the interval is for the mean of that many new runs (a prediction interval)."""
+        point = sum(c_plateau * self.point["plateau"][f]
+                    + (c_amplitude(self.point["alpha"][f]) if callable(c_amplitude) else c_amplitude)
+                    * self.point["amplitude"][f] for f, c_plateau, c_amplitude in terms)
+        return float(point), (self.profile.interval(terms, new_seeds) if self.profile else None)
 
-    def quantity(self, value) -> tuple[float, list[float] | None]:
-        """(point, 95% interval) of value(params), a function of the parameter arrays [..., F] -> [...]."""
-        point = float(value(self.point))
-        return point, (percentile_interval(value(self.draws)) if self.n_draws else None)
+    def exponent(self, f: int) -> tuple[float, list[float] | None]:
+        return float(self.point["alpha"][f]), (self.profile.alpha_interval(f) if self.profile else None)
 
-    def at(self, budget: float, f: int):
-        """The curve of fraction index f at a budget, as a function of the parameters (for `quantity`)."""
-        return lambda params: self.law.curve(params, [budget], [f])[..., 0]
+    def at(self, budget: float, f: int) -> list:
+        """Terms of the curve of fraction index f at a budget."""
+        return [(f, 1.0, lambda alpha: (budget / self.law.n_ref) ** -alpha)]
 
-    def new_mean_draws(self, budget: float, f: int, seeds: int, seed: int = 0) -> np.ndarray:
-        """Draws of the measured mean over `seeds` new runs at a budget: the curve plus their seed noise."""
-        rng = np.random.default_rng(seed)
-        curve = self.at(budget, f)(self.draws)
-        return curve + self.scales * rng.standard_normal(self.n_draws) / np.sqrt(seeds)
+    def amplitude(self, f: int) -> list:
+        """Terms of A_p in the units of L = E + A·n^(−α) (the law holds A at the reference budget)."""
+        return [(f, 0.0, lambda alpha: self.law.n_ref**alpha)]
 
     def budgets_of(self, f: int) -> np.ndarray:
         return np.unique(self.cells["budgets"][self.cells["fraction_index"] == f])
-
-    def amplitude(self, f: int):
-        """A_p in the units of L = E + A·n^(−α) (the law holds A at the reference budget)."""
-        return lambda params: params["amplitude"][..., f] * self.law.n_ref ** params["alpha"][..., f]
 
 
 def _fraction_entry(fit: CurveFit, f: int, predict_at) -> dict:
     """One fraction's parameters, fitted decline over its budgets and remaining decline beyond them, 95% intervals."""
     budgets = fit.budgets_of(f)
-    plateau = lambda params: params["plateau"][..., f]
-    first, last = fit.at(budgets[0], f), fit.at(budgets[-1], f)
+    last = budgets[-1] / fit.law.n_ref
     entry = {"points": int(fit.cells["seeds"][fit.cells["fraction_index"] == f].sum()), "budgets": int(budgets.size)}
-    for name, value in (("E", plateau), ("A", fit.amplitude(f)), ("alpha", lambda params: params["alpha"][..., f]),
-                        ("remaining", lambda params: last(params) - plateau(params)),
-                        ("gap", lambda params: plateau(params) - params["plateau"][..., 0])):
-        entry[name], entry[f"{name}_ci"] = fit.quantity(value)
-    entry["decline"] = float(first(fit.point) - last(fit.point))
-    if fit.fractions[0] != 0.0:
-        del entry["gap"], entry["gap_ci"]
+    entry["E"], entry["E_ci"] = fit.quantity([(f, 1.0, 0.0)])
+    entry["A"], entry["A_ci"] = fit.quantity(fit.amplitude(f))
+    entry["alpha"], entry["alpha_ci"] = fit.exponent(f)
+    entry["remaining"], entry["remaining_ci"] = fit.quantity([(f, 0.0, lambda alpha: last**-alpha)])
+    entry["decline"] = fit.quantity(fit.at(budgets[0], f))[0] - fit.quantity(fit.at(budgets[-1], f))[0]
+    if f > 0:
+        entry["step"], entry["step_ci"] = fit.quantity([(f, 1.0, 0.0), (f - 1, -1.0, 0.0)])
+    if fit.fractions[0] == 0.0 and f > 0:
+        entry["gap"], entry["gap_ci"] = fit.quantity([(f, 1.0, 0.0), (0, -1.0, 0.0)])
     if predict_at:
         entry["predicted"] = {}
         for n in predict_at:
@@ -213,6 +215,8 @@ def _warnings(fit: CurveFit) -> list[str]:
                      "determined by these budgets")
     if fit.noise is None:
         notes.append("no interval: one seed per cell and no degree of freedom left over the fit")
+    elif fit.profile is None:
+        notes.append("no interval: a curve has a single budget, so its E_p and A_p are not separated")
     if fit.lack_of_fit and fit.lack_of_fit["p_value"] < LEVEL:
         notes.append(f"the law misses the cell means by more than the seed noise explains (lack-of-fit F test "
                      f"p = {fit.lack_of_fit['p_value']:.3g}): its intervals count the seed noise only")
@@ -228,15 +232,15 @@ def fit_scaling_curves(rows, share: str = "exponent", bootstrap: int = 200, seed
     """Fit L_p(n) = E_p + A_p·n^(−α) to rows of {synthetic_fraction, token_budget, seed, loss}: a JSON-able dict.
 
     share: what the curves have in common (`power_law.SHARES`; "exponent_and_amplitude" only where the F test of
-    one amplitude does not reject it). Every "*_ci" is a 95% interval from `bootstrap` joint draws
-    (INTERVAL_METHOD); "plateau_draws" holds those draws of [E_p for p in "fractions"] for joint use downstream.
-    With p = 0 among the fractions, each also gets its plateau gap E_p − E_0 ("gap"); `predict_at` budgets get the
-    fitted curve there ("predicted"). "warning" says what these data cannot determine.
+    one amplitude does not reject it). Every "*_ci" is a 95% interval (INTERVAL_METHOD); "plateau_draws" holds
+    `bootstrap` joint draws of [E_p for p in "fractions"] (DRAWS_METHOD) for joint use downstream. With p = 0
+    among the fractions, each p > 0 also gets its plateau gap E_p − E_0 ("gap"); every fraction after the first its
+    step from the previous one ("step"); `predict_at` budgets get the fitted curve there ("predicted"). "warning"
+    says what these data cannot determine.
     """
     fit = fit_curves(rows, share=share, bootstrap=bootstrap, seed=seed)
     cells = fit.cells
-    shared_alpha = fit.share != "nothing"
-    alpha, alpha_ci = fit.quantity(lambda params: params["alpha"][..., 0]) if shared_alpha else (None, None)
+    alpha, alpha_ci = fit.exponent(0) if fit.share != "nothing" else (None, None)
     amplitude, amplitude_ci = fit.quantity(fit.amplitude(0)) if fit.share == "exponent_and_amplitude" else (None, None)
     residual = cells["means"] - fit.law.curve(fit.point, cells["budgets"], cells["fraction_index"])
     result = {
@@ -246,7 +250,7 @@ def fit_scaling_curves(rows, share: str = "exponent", bootstrap: int = 200, seed
         "per_fraction": {_key(p): _fraction_entry(fit, f, predict_at) for f, p in enumerate(fit.fractions)},
         "plateau_draws": fit.draws["plateau"].tolist(),
         "noise": fit.noise, "amplitude_test": fit.amplitude_test, "lack_of_fit": fit.lack_of_fit,
-        "draws": fit.n_draws, "interval_method": INTERVAL_METHOD,
+        "draws": len(fit.draws["plateau"]), "interval_method": INTERVAL_METHOD, "draws_method": DRAWS_METHOD,
         "rmse_cells": float(np.sqrt(np.average(residual**2, weights=cells["seeds"]))),
         "n_rows": fit.n_rows, "n_cells": int(cells["means"].size),
     }

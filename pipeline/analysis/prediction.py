@@ -114,9 +114,8 @@ def exact_entropy(rows: list[dict]) -> float | None:
 def _verified(fit, f: int, held: int, cell: dict, entropy: float | None, excess: dict | None) -> dict:
     """One held-out comparison: predicted vs measured, relative error, inside the 95% prediction interval."""
     value, curve_interval = fit.quantity(fit.at(held, f))
+    interval = fit.quantity(fit.at(held, f), new_seeds=cell["seeds"])[1]
     measured = cell["mean"]
-    interval = intervals.percentile_interval(fit.new_mean_draws(held, f, cell["seeds"], seed=f)) \
-        if fit.n_draws else None
     entry = {"predicted": value, "curve_interval": curve_interval, "interval": interval, "measured": measured,
              "measured_sd": cell["sd"], "seeds": cell["seeds"], "relative_error": (value - measured) / measured,
              "inside": None if interval is None else bool(interval[0] <= measured <= interval[1])}
@@ -128,14 +127,14 @@ def _verified(fit, f: int, held: int, cell: dict, entropy: float | None, excess:
     return entry
 
 
-def predict_heldout(rows: list[dict], share: str = "exponent", bootstrap: int = 200, seed: int = 0) -> dict:
+def predict_heldout(rows: list[dict], share: str = "exponent") -> dict:
     """Hold out the largest budget of these rows, fit the others, predict it, compare with the measurement.
 
     Predicted for every fraction with >= 4 budgets including the held-out one; the fit uses every other row
     (no row at the held-out budget, of any fraction), so nothing of the held-out rows enters the prediction.
-    "interval": a 95% prediction interval for the measured mean over the held-out cell's k seeds — the fit's
-    joint draws of the curve at that budget plus, per draw, the mean of k new seeds' noise at that draw's noise
-    scale (`fitting.INTERVAL_METHOD`). "curve_interval": the interval of the curve alone.
+    "interval": a 95% prediction interval for the measured mean over the held-out cell's k seeds: the profile
+    interval of the curve at that budget with the variance of k new seeds added (`fitting.INTERVAL_METHOD`).
+    "curve_interval": the interval of the curve alone.
     """
     by_fraction = budgets_by_fraction(rows)
     held = max(n for budgets in by_fraction.values() for n in budgets)
@@ -147,7 +146,7 @@ def predict_heldout(rows: list[dict], share: str = "exponent", bootstrap: int = 
         return {"made": False, "heldout_budget": held, "skipped": skipped,
                 "why": f"no curve has {MIN_BUDGETS_HOLDOUT} budgets (3 to fit, the largest to predict)"}
     fitted_rows = [r for r in rows if int(r["token_budget"]) != held]
-    fit = fit_curves(fitted_rows, share=share, bootstrap=bootstrap, seed=seed)
+    fit = fit_curves(fitted_rows, share=share, bootstrap=0)  # its intervals need no draws
     index = {float(p): f for f, p in enumerate(fit.fractions)}
     measured, excess = cell_means(rows), cell_means(rows, "excess_loss")
     entropy = exact_entropy(rows)

@@ -296,7 +296,7 @@ class FitConfig(Section):
     """Scaling-law fits L_p(n) = E_p + A_p n^-alpha and the map onto the linear theory."""
 
     share: Literal["exponent", "nothing", "exponent_and_amplitude"] = Field("exponent", description="What the curves of one student share: exponent (one alpha; E_p and A_p per p, so the gap L_p - L_0 may change with n), nothing (alpha_p per p as well), or exponent_and_amplitude (one A too, which forces the same gap at every n; used only where the F test of one amplitude against A_p per p does not reject it, else A_p per p).")
-    bootstrap: int = Field(200, ge=0, description="Parametric-bootstrap draws behind every interval of the fit and of the held-out prediction (0: no intervals, and so no plateau is identified).")
+    bootstrap: int = Field(200, ge=0, description="Joint parametric-bootstrap draws of the plateaus E_p (fit.json plateau_draws), from which the linear theory takes the plateaus' covariance (0: none, and the theory's forms are not compared on plateaus). The intervals themselves are profile-likelihood intervals and need no draws.")
     accumulate_margin: float = Field(0.02, gt=0, description="Equivalence margin, nats/token per generation, for "
                                      "'accumulate stays bounded': it holds when the 90% interval of the loss's slope "
                                      "over generations lies inside ±margin. A slope interval that merely reaches 0 "

@@ -31,9 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.analysis import fitting, generations, intervals, prediction, theory_fit
+from pipeline.analysis import fitting, generations, prediction, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
@@ -104,7 +102,7 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
              "fractions": sorted({float(r["synthetic_fraction"]) for r in rows}),
              "mean_loss": mean_loss_table(rows), "measured_gaps": prediction.measured_gaps(rows),
              "gap_trends": prediction.gap_trends(rows), "curves": curves, "identification": identified,
-             "holdout": prediction.predict_heldout(rows, share=share, bootstrap=bootstrap),
+             "holdout": prediction.predict_heldout(rows, share=share),
              "theory": fit_theory(rows, curves, identified["identified"]),
              "findings": findings(rows, curves, identified)}
     entropy = prediction.exact_entropy(rows)
@@ -166,15 +164,14 @@ def _increasing(values: list[float], why: str) -> tuple[bool | None, str | None]
 
 
 def _plateau_steps(curves: dict) -> tuple[bool | None, str | None]:
-    """E_p grows with p: every step between neighbouring fractions has its 95% interval above 0 (joint draws);
-    False when a step's interval lies below 0; None while a step's interval holds 0."""
-    fractions, draws = curves["fractions"], np.asarray(curves.get("plateau_draws") or [], dtype=float)
+    """E_p grows with p: the step from each fraction to the next has its 95% interval above 0; False when a step's
+    interval lies below 0; None while a step's interval holds 0."""
+    fractions = curves["fractions"]
     if len(fractions) < 2:
         return None, "needs two fractions or more"
-    if draws.size == 0:
-        return None, "no joint draws of the plateaus (bootstrap: 0)"
-    steps = {(a, b): intervals.percentile_interval(draws[:, i + 1] - draws[:, i])
-             for i, (a, b) in enumerate(zip(fractions, fractions[1:]))}
+    steps = {(a, b): curves["per_fraction"][f"{b:g}"].get("step_ci") for a, b in zip(fractions, fractions[1:])}
+    if any(ci is None for ci in steps.values()):
+        return None, "no interval for a step between plateaus"
     if any(ci[1] < 0 for ci in steps.values()):
         return False, None
     unresolved = [f"E_{b:g} − E_{a:g} in [{ci[0]:.4f}, {ci[1]:.4f}]" for (a, b), ci in steps.items() if ci[0] <= 0]
