@@ -121,6 +121,29 @@ def test_heldout_prediction_of_a_known_law_is_close_and_inside(tmp_path):
     assert student["excess"]["plateaus"]["0"]["E"] == pytest.approx(student["curves"]["per_fraction"]["0"]["E"] - 1.9)
 
 
+def _refuse_nan(constant: str):
+    raise ValueError(f"fit.json holds {constant}")
+
+
+def test_a_diverged_run_is_left_out_and_the_report_states_its_methods(tmp_path, caplog):
+    rows = make_rows(seeds=(0, 1, 2), loss=lambda p, n: law(p, n) + (0.01 * np.log(n) if p == 0.5 else 0.0))
+    diverged = rows[7]
+    diverged["loss"] = float("nan")
+    with caplog.at_level(logging.WARNING):
+        fitted, text, out = run_stages(tmp_path, rows)
+    assert fitted["left_out"] == [diverged["unit"]] and diverged["unit"] in caplog.text
+    json.loads((tmp_path / "fit" / "fit.json").read_text(), parse_constant=_refuse_nan)
+    student = fitted["students"]["gpt2-nano"]
+    assert student["curves"]["n_rows"] == len(rows) - 1 and f"Left out of every fit (loss not finite): {diverged['unit']}" in text
+    trends = student["gap_trends"]["per_fraction"]
+    assert trends["0.5"]["verdict"] == "grows" and trends["0.2"]["verdict"] == "holds"  # the gap at 0.5 grows with log n
+    assert [g["gap_verdict"] for g in fitted["collapse_gap"]] == ["holds", "grows"]
+    for method in ("Identification: a plateau E_p is identified when", "profile likelihood", "Welch t-interval",
+                   "least-squares slope of the measured gap", "## Measured gap at every budget"):
+        assert method in text, method
+    assert (out / "figures" / "gap_vs_budget.png").is_file()
+
+
 def test_two_budgets_report_the_plateau_as_not_identified(tmp_path):
     fitted, text, _ = run_stages(tmp_path, make_rows(budgets=(10_000, 40_000)))
     student = fitted["students"]["gpt2-nano"]

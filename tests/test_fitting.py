@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from scipy.optimize import least_squares
 from scipy.stats import ttest_ind
 

@@ -305,7 +305,7 @@ def predicted_tail_cutoff(beta, top_p=None, teacher_tokens=None, clean_fraction=
     if top_p is not None and top_p < 1:
         cuts["top_p"] = tails.top_p_cutoff(top_p, beta)
     if teacher_tokens is not None:
-        cuts["teacher_tokens"] = max(1, int(round(tails.generator_cutoff(teacher_tokens, beta))))
+        cuts["teacher_tokens"] = max(1, round(tails.generator_cutoff(teacher_tokens, beta)))
     if not cuts:
         raise ValueError("predicted_tail_cutoff needs top_p < 1 or teacher_tokens")
     source = min(cuts, key=cuts.get)

@@ -229,7 +229,7 @@ def gap_trends(rows: list[dict]) -> dict:
         if len(budgets) >= 2:
             pairs = [[cells[(p, n)], cells[(0.0, n)]] for n in budgets]
             fitted = _slope(np.log(np.array(budgets, dtype=float)), pairs, (1, -1), _seed_mean)
-            per_doubling = lambda value: value * np.log(2)
+            per_doubling = lambda value: float(value * np.log(2))
             ci = fitted["ci"] and [per_doubling(v) for v in fitted["ci"]]
             verdict = None if ci is None else "grows" if ci[0] > 0 else "shrinks" if ci[1] < 0 else "holds"
             entry.update(slope_per_doubling=per_doubling(fitted["slope"]), slope_ci=ci, verdict=verdict)

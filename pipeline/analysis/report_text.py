@@ -71,9 +71,9 @@ def predictions(fit: dict) -> list[str]:
     lines = ["## Predict, then verify", "",
              "For every curve with at least four budgets, L_p(n) = E_p + A_p·n^(−α) was fitted WITHOUT the largest "
              "budget and then asked for the loss there. The interval is a 95% prediction interval for the measured "
-             "mean over the held-out cell's seeds: the fit's joint draws of the curve at that budget, each plus the "
-             "mean noise of that many new seeds at the draw's noise scale (method: "
-             f"{_interval_method(fit)}). Relative error = (predicted − measured) / measured.", ""]
+             "mean over the held-out cell's seeds: the interval of the curve at that budget with the variance of "
+             f"that many new seeds added (method: {_interval_method(fit)}). Relative error = (predicted − measured) / "
+             "measured.", ""]
     header = ("| curve | p | fitted on n | held-out n | predicted | 95% interval | measured ± sd (seeds) | rel. error "
               "| inside? |")
     if excess:

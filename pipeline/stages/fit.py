@@ -28,6 +28,7 @@ student (and one synthetic generation when the run mixes several). fit.json:
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ def _verdict(holds: bool | None, values: list[float], what: str, why: str | None
 def _increasing(values: list[float], why: str) -> tuple[bool | None, str | None]:
     if len(values) < 2:
         return None, why
-    return all(b > a for a, b in zip(values, values[1:])), None
+    return all(b > a for a, b in pairwise(values)), None
 
 
 def _plateau_steps(curves: dict) -> tuple[bool | None, str | None]:
@@ -169,7 +170,7 @@ def _plateau_steps(curves: dict) -> tuple[bool | None, str | None]:
     fractions = curves["fractions"]
     if len(fractions) < 2:
         return None, "needs two fractions or more"
-    steps = {(a, b): curves["per_fraction"][f"{b:g}"].get("step_ci") for a, b in zip(fractions, fractions[1:])}
+    steps = {(a, b): curves["per_fraction"][f"{b:g}"].get("step_ci") for a, b in pairwise(fractions)}
     if any(ci is None for ci in steps.values()):
         return None, "no interval for a step between plateaus"
     if any(ci[1] < 0 for ci in steps.values()):
