@@ -216,9 +216,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from pipeline.distributed import Processes
+    from pipeline.unit import unit_key
 
     cfg, executor = _load(args)
-    key = f"{args.stage}/{args.unit}"
+    key = unit_key(args.stage, args.unit)
     if key not in executor.planned.by_key:
         known = ", ".join(u.id for u in executor.planned.units(args.stage)) or "(none)"
         raise UserError(f"--unit {args.unit}: stage {args.stage} has no such unit; valid: {known}")

@@ -78,7 +78,7 @@ def _prediction(cfg: Config, executor, teacher, fingerprint: str) -> dict[str, A
 
     prepare_unit = executor.planned.get(PREPARE_KEY)
     prepare_dir = executor.run_dir.final(prepare_unit)
-    reference = artifacts.manifest(prepare_dir)["params"]["corpus"]["reference"]
+    reference = artifacts.reference_parameters(prepare_dir)
     device = default_device()
     model, _ = artifacts.teacher_model(executor.run_dir.final(teacher), device, cfg.teacher.model.trust_remote_code)
     sampling = SamplingSettings.from_config(cfg.generate)

@@ -1,10 +1,5 @@
-"""One module per stage, all with the same shape (the unit contract).
-
-    NAME = "train"
-    VERSION = 1                                  # bump when the stage's output changes meaning
-    def plan(cfg, planned) -> list[Unit]         # every unit of this stage; earlier stages' via planned.units(stage)
-    def run(ctx) -> dict                         # one unit's work, written only under ctx.out; returns metrics
-    def summary(stage_dir, units) -> dict        # optional: {file name: text} of stage-level tables, from the done units
+"""One module per stage, all with the same shape: the unit contract, `pipeline.unit.Stage` (NAME, VERSION,
+plan(cfg, planned), run(ctx), and optionally summary(stage_dir, units) and preflight(units, done_inputs)).
 
 A unit sees only its `params` (hashed into its fingerprint together with its inputs' fingerprints),
 its `settings` (read but declared not to change results: batch sizes that do not change results,
@@ -15,6 +10,7 @@ checks every config field). `multiprocess=True` marks units that may run in seve
 `resumable=True` keeps the work dir across a kill (the unit checkpoints inside it). Bad input raises
 pipeline.errors.UserError with one line naming the key, file or value and what would be valid.
 
-Stages are siblings: they import pipeline/stages/artifacts.py (unit keys, readers of other stages'
-outputs) and the libraries (data/, lm/, analysis/), never each other (tests/test_layers.py).
+Stages are siblings: they import the contract (pipeline/unit.py), pipeline/stages/artifacts.py (unit keys,
+readers of other stages' outputs) and the libraries (data/, lm/, analysis/), never each other and never
+orchestration (tests/test_layers.py).
 """

@@ -92,6 +92,17 @@ def split_stats(prepare_dir: str | Path, split: str) -> dict[str, Any]:
     return manifest(prepare_dir)["metrics"]["splits"][split]
 
 
+def reference_entropy(prepare_dir: str | Path, split: str) -> dict[str, Any] | None:
+    """The exact entropy of a split of builtin:reference-language (nats_per_token, bits_per_byte, nats);
+    None for any other corpus."""
+    return (manifest(prepare_dir)["metrics"].get("reference") or {}).get(split)
+
+
+def reference_parameters(prepare_dir: str | Path) -> dict[str, Any]:
+    """The corpus.reference parameters prepare generated builtin:reference-language with."""
+    return manifest(prepare_dir)["params"]["corpus"]["reference"]
+
+
 def tokenizer(prepare_dir: str | Path):
     """The run's tokenizer (written by prepare)."""
     from pipeline.data.tokenizer import load_run_tokenizer

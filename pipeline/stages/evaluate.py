@@ -32,7 +32,7 @@ def plan(cfg, planned) -> list[Unit]:
     corpora = set(artifacts.corpus_keys(planned))
     units = []
     for train_unit in planned.units("train"):
-        mix_key = next(k for k in train_unit.inputs if k.startswith("mix/"))
+        [mix_key] = train_unit.inputs_from("mix")
         corpus = artifacts.corpus_key(planned.get(mix_key).params["generation"])
         inputs = [train_unit.key, PREPARE_KEY, mix_key] + ([corpus] if corpus in corpora else [])
         # The model's trust_remote_code comes from the config (through the train unit's params), never from disk.
@@ -50,32 +50,31 @@ def run(ctx) -> dict[str, Any]:
     from pipeline.lm.evaluation import evaluate_stream, token_stream
     from pipeline.lm.metrics import load_metric
 
-    keys = {key.split("/", 1)[0]: key for key in ctx.unit.inputs}
-    train_manifest, mix_manifest = ctx.manifest(keys["train"]), ctx.manifest(keys["mix"])
-    prepare = ctx.manifest(PREPARE_KEY)["metrics"]
+    train_dir, mix_dir, corpus = ctx.input_of("train"), ctx.input_of("mix"), ctx.input_of("generate")
+    train_manifest, mix_manifest = artifacts.manifest(train_dir), artifacts.manifest(mix_dir)
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
     tokenizer = artifacts.tokenizer(prepare_dir)
     device = default_device()
-    model = _load_model(Path(ctx.inputs[keys["train"]]) / "model", ctx.params["trust_remote_code"], device)
+    model = _load_model(Path(train_dir) / "model", ctx.params["trust_remote_code"], device)
     precision = ctx.params["precision"]
     if precision == "auto":  # bf16 on a GPU, fp32 on a CPU (as in training)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    settings = dict(window=int(prepare["block_size"]), eos_id=int(tokenizer.eos_token_id),
+    settings = dict(window=artifacts.block_size(prepare_dir), eos_id=int(tokenizer.eos_token_id),
                     batch_size=ctx.settings["batch_size"], device=device, precision=precision,
                     metric=load_metric("summed_nll_perplexity"), progress=ctx.is_main_process)
 
     # prepare counted the test text's bytes with pipeline.data.packing.text_bytes, as below for synthetic text
     test = evaluate_stream(model, token_stream(artifacts.blocks(prepare_dir, "test")),
-                           n_bytes=int(prepare["splits"]["test"]["bytes"]), desc=f"test {ctx.unit.id}", **settings)
+                           n_bytes=int(artifacts.split_stats(prepare_dir, "test")["bytes"]), desc=f"test {ctx.unit.id}",
+                           **settings)
     row = _identity(ctx.unit.id, train_manifest, mix_manifest)
     row.update(loss=test["loss"], ppl=test["perplexity"], bpb=test["bits_per_byte"], test_tokens=test["tokens"],
                test_bytes=test["bytes"], test_nll_sum=test["nll_sum"])
-    reference = prepare.get("reference", {}).get("test")
+    reference = artifacts.reference_entropy(prepare_dir, "test")
     if reference:
         row.update(entropy=reference["nats_per_token"], entropy_bpb=reference["bits_per_byte"],
                    excess_loss=test["loss"] - reference["nats_per_token"],
                    excess_bpb=test["bits_per_byte"] - reference["bits_per_byte"] if test["bits_per_byte"] else None)
-    corpus = ctx.inputs[keys["generate"]] if "generate" in keys else None
     if corpus is not None and artifacts.has_blocks(corpus, "heldout"):
         ids = token_stream(artifacts.blocks(corpus, "heldout"))
         if len(ids):

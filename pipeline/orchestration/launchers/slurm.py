@@ -39,7 +39,7 @@ from pipeline.orchestration.launchers.slurm_state import TaskState, task_states
 from pipeline.orchestration.launchers.slurm_state import max_array_size as cluster_max_array_size
 from pipeline.orchestration.launchers.slurm_templates import render_script, sbatch_options, task_shape
 from pipeline.io import write_json_atomic, write_text_atomic
-from pipeline.unit import Unit
+from pipeline.unit import Unit, unit_key
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, used when the cluster cannot be asked
 ENTRY = ["-m", "pipeline"]  # python arguments that start the collapse CLI in an array task
@@ -148,7 +148,7 @@ def latest_tasks(jobs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue
             for index, unit_id in enumerate(array["units"]):
                 log = array["log"].replace("%A", array["job_id"]).replace("%a", str(index))
-                tasks[f"{array['stage']}/{unit_id}"] = {"job_id": array["job_id"], "task": index, "log": log}
+                tasks[unit_key(array["stage"], unit_id)] = {"job_id": array["job_id"], "task": index, "log": log}
     return tasks
 
 
