@@ -108,6 +108,7 @@ def test_one_amplitude_is_used_only_where_the_f_test_does_not_reject_it():
                          GROWING["alpha"], BUDGETS, 5, sd=0.005)
     result = fit_scaling_curves(constant, share="exponent_and_amplitude", bootstrap=50)
     assert result["amplitude_test"]["p_value"] > 0.05 and result["share"] == "exponent_and_amplitude"
+    assert "one amplitude kept for every curve" in result["warning"]  # and what that costs when the gap does grow
     assert result["A"] == pytest.approx(23.9, rel=0.5) and result["per_fraction"]["1"]["A"] == result["A"]
 
 
