@@ -60,7 +60,7 @@ def demo_teacher(workdir: Path, steps: int):
     from pipeline.data.packing import load_blocks, pack_documents
     from pipeline.data.sources import load_documents
     from pipeline.data.tokenizer import train_bpe_tokenizer
-    from pipeline.lm.models import build_model
+    from pipeline.lm.loading import build_model
     from pipeline.lm.training.loop import train_model
 
     docs = load_documents("builtin:wikipedia", min_chars=600)
@@ -73,7 +73,7 @@ def demo_teacher(workdir: Path, steps: int):
     training = TrainingConfig(tokens=steps * 8 * 128, batch_size=8, lr=3e-3, checkpoint_every=0, log_every=50,
                               keep_best=False)
     train_model(model, load_blocks(workdir / "train", torch_format=False),
-                load_blocks(workdir / "validation", torch_format=False), training, workdir / "run", 0)
+                load_blocks(workdir / "validation", torch_format=False), training, workdir / "run", seed=0, block_size=128)
     tokenizer.save_pretrained(workdir / "run" / "model")
     return workdir / "run" / "model"
 
@@ -97,7 +97,7 @@ def random_gpt2(device, size: str = "124M", dtype=None):
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.lm.loading import build_model
     from pipeline.lm.sampling_device import sampling_dtype
 
     tokenizer = word_tokenizer(GPT2_VOCAB)

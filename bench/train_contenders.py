@@ -79,7 +79,7 @@ def model(setup: Setup):
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.lm.loading import build_model
 
     torch.manual_seed(SEED)
     return build_model(ModelConfig(family="gpt2", size=setup.size, dropout=0.0), setup.vocab, setup.block, 0, 0)
@@ -140,7 +140,8 @@ def run_ours(setup: Setup, out: Path) -> dict:
 
     pin_cpu = {"ACCELERATE_USE_CPU": "true"} if setup.device == "cpu" else {}
     with mock.patch.dict(os.environ, pin_cpu), StepClock(setup) as clock:
-        metrics = train_model(model(setup), blocks(setup), None, training_config(setup), out, seed=SEED)
+        metrics = train_model(model(setup), blocks(setup), None, training_config(setup), out, seed=SEED,
+                              block_size=setup.block)
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in rows]
     # The last row is the last step's loss when it covers that step alone (log_every = steps - 1 does that).

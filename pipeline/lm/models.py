@@ -1,10 +1,10 @@
 """Causal language models: a family + size preset, explicit dimensions, or a pretrained checkpoint.
 
 Scratch models are real transformers classes (GPT2LMHeadModel, LlamaForCausalLM) with SDPA attention,
-the vocabulary of the run's tokenizer and the context length of its packing. Pretrained checkpoints
-load through AutoModelForCausalLM (custom modelling code only when the config says
-`trust_remote_code: true`) and train fully or through LoRA adapters (peft), merged back into a plain
-model before saving.
+the vocabulary of the run's tokenizer and the context length of its packing (`model_config`). Pretrained
+checkpoints train fully or through LoRA adapters (peft), merged back into a plain model before saving.
+Every model is built or loaded through pipeline/lm/loading.py (custom modelling code only when the
+config says `trust_remote_code: true`).
 
 FLOPs (`flops_per_token`) follow the PaLM appendix B / nanoGPT estimate used for MFU:
 
@@ -21,7 +21,6 @@ A forward pass alone is a third of the estimate.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.lm.presets import model_dims
@@ -60,39 +59,7 @@ def model_config(model_cfg, vocab_size: int, block_size: int, bos_token_id: int 
     return config
 
 
-def build_model(model_cfg, vocab_size: int, block_size: int, bos_token_id: int | None = None,
-                eos_token_id: int | None = None):
-    """A freshly initialised model (seed torch before calling for a reproducible init), or a pretrained one."""
-    if model_cfg.pretrained:
-        model = load_pretrained(model_cfg.pretrained, trust_remote_code=model_cfg.trust_remote_code)
-        check_vocab(vocab_size, model, key=f"model {model_cfg.label}")
-        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-        if context is not None and block_size > context:
-            raise UserError(f"packing.block_size: {block_size} tokens exceed the context of {model_cfg.pretrained} "
-                            f"({context}); use a block_size <= {context}")
-        if model_cfg.finetune == "lora":
-            model = apply_lora(model, model_cfg.lora)
-        return model
-    from transformers import AutoModelForCausalLM
-
-    config = model_config(model_cfg, vocab_size, block_size, bos_token_id, eos_token_id)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-
-
-# ---------------------------------------------------------------- pretrained models and LoRA
-
-
-def load_pretrained(path_or_id: str, trust_remote_code: bool = False, dtype: Any = None):
-    """AutoModelForCausalLM (fp32 by default) from a directory, a cached hub id or a GGUF spelling.
-
-    One path for every spelling: pipeline.lm.pretrained converts a GGUF file once into a plain
-    safetensors checkpoint and loads that (a model loaded with gguf_file= cannot be saved).
-    """
-    import torch
-
-    from pipeline.lm.pretrained import load_model
-
-    return load_model(str(path_or_id), trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+# ---------------------------------------------------------------- vocabulary checks and LoRA
 
 
 def check_vocab(tokenizer_vocab_size: int, model, key: str = "model") -> None:

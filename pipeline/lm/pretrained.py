@@ -134,24 +134,3 @@ def convert_gguf(source: Path, target: Path, source_identity: dict, trust_remote
         write_json_atomic(tmp / "source.json", source_identity)
 
     write_dir_atomic(target, write)  # a concurrent converter of the same file just replaces it, identically
-
-
-def load_model(spec: str, *, trust_remote_code: bool = False, dtype=None):
-    """AutoModelForCausalLM from a resolved spelling (GGUF converted first). Only safetensors weights."""
-    from transformers import AutoModelForCausalLM
-
-    path = resolve(spec, trust_remote_code)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                    use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise UserError(f"pretrained: {spec} is not a loadable causal LM ({message}); give a model directory "
-                        "with safetensors weights, a hub id in the offline cache, or a .gguf file") from None
-
-
-def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
-    """The tokenizer of a pretrained spelling, with EOS and PAD guaranteed (PAD falls back to EOS)."""
-    from pipeline.data.tokenizer import load_pretrained_tokenizer
-
-    return load_pretrained_tokenizer(resolve(spec, trust_remote_code), trust_remote_code=trust_remote_code)

@@ -146,15 +146,15 @@ def corpus_documents(corpus_dir: str | Path, heldout: bool | None = None) -> lis
 
 def teacher_model(teacher_dir: str | Path, device, trust_remote_code: bool):
     """(model, tokenizer) of a teacher unit's model/, in bf16 on a GPU (fp32 on CPU), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from pipeline.lm.loading import load_model
     from pipeline.lm.sampling_device import sampling_dtype
 
     model_dir = str(Path(teacher_dir) / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=sampling_dtype(device),
-                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
-    return model.to(device).eval(), tokenizer
+    model = load_model(model_dir, trust_remote_code=trust_remote_code, dtype=sampling_dtype(device), device=device)
+    return model, tokenizer
 
 
 def corpus_bytes(corpus_dir: str | Path, heldout: bool | None = None) -> int:

@@ -48,6 +48,7 @@ def run(ctx) -> dict[str, Any]:
 
     from pipeline.distributed import default_device
     from pipeline.lm.evaluation import evaluate_stream, token_stream
+    from pipeline.lm.loading import load_model
     from pipeline.lm.metrics import load_metric
 
     train_dir, mix_dir, corpus = ctx.input_of("train"), ctx.input_of("mix"), ctx.input_of("generate")
@@ -55,7 +56,7 @@ def run(ctx) -> dict[str, Any]:
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
     tokenizer = artifacts.tokenizer(prepare_dir)
     device = default_device()
-    model = _load_model(Path(train_dir) / "model", ctx.params["trust_remote_code"], device)
+    model = load_model(Path(train_dir) / "model", trust_remote_code=ctx.params["trust_remote_code"], device=device)
     precision = ctx.params["precision"]
     if precision == "auto":  # bf16 on a GPU, fp32 on a CPU (as in training)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -87,15 +88,6 @@ def run(ctx) -> dict[str, Any]:
                  row["ppl"], "-" if row["bpb"] is None else f"{row['bpb']:.4f}",
                  f", synthetic loss {row['synthetic_loss']:.4f}" if "synthetic_loss" in row else "")
     return row
-
-
-def _load_model(path: Path, trust_remote_code: bool, device):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=True)
-    return model.to(device).eval()
 
 
 def _identity(unit_id: str, train_manifest: dict[str, Any], mix_manifest: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def run(ctx) -> dict[str, Any]:
         train_blocks, val_blocks = training_data(ctx, tokenizer, run_tokenizer, block_size)
         metrics["data"] = {"human": params["human"], "corpora": params["corpora"], "train_blocks": len(train_blocks),
                            "validation_blocks": len(val_blocks)}
-        metrics.update(_train(ctx, model, train_blocks, val_blocks))
+        metrics.update(_train(ctx, model, train_blocks, val_blocks, block_size))
     elif ctx.is_main_process:
         model.save_pretrained(str(out / "model"))  # safetensors: generate loads every teacher the same way
     if ctx.is_main_process:
@@ -92,20 +92,20 @@ def run(ctx) -> dict[str, Any]:
 def _initial_model(ctx, run_tokenizer, block_size: int):
     """(model, its tokenizer): a fresh scratch model on the run's tokenizer, or the pretrained one."""
     from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.data.tokenizer import load_pretrained_tokenizer
+    from pipeline.lm.loading import build_model, load_model
+    from pipeline.lm.pretrained import resolve
 
     model_cfg = ModelConfig.model_validate(ctx.params["model"])
     if not model_cfg.pretrained:
         return build_model(model_cfg, len(run_tokenizer), block_size, run_tokenizer.bos_token_id,
                            run_tokenizer.eos_token_id), run_tokenizer
-    from pipeline.lm.pretrained import load_model, load_tokenizer, resolve
-
     spec, trust = model_cfg.pretrained, model_cfg.trust_remote_code
     _resolve_once(ctx, spec, trust)  # a GGUF file is converted by the main process, then read by all
     path = resolve(spec, trust)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust)
-    if model_cfg.finetune == "none":
-        return load_model(path, trust_remote_code=trust), tokenizer
+    tokenizer = load_pretrained_tokenizer(path, trust_remote_code=trust)
+    if model_cfg.finetune == "none":  # saved as it is stored (its own dtype), never widened
+        return load_model(path, trust_remote_code=trust, dtype="auto"), tokenizer
     return build_model(model_cfg.model_copy(update={"pretrained": path}), len(tokenizer), block_size), tokenizer
 
 
@@ -117,23 +117,17 @@ def _resolve_once(ctx, spec: str, trust: bool) -> None:
     ctx.processes.barrier()
 
 
-def _train(ctx, model, train_blocks, val_blocks) -> dict[str, Any]:
+def _train(ctx, model, train_blocks, val_blocks, block_size: int) -> dict[str, Any]:
+    from pipeline.config import TrainingConfig
     from pipeline.lm.training.divergence import Diverged
     from pipeline.lm.training.loop import train_model
 
-    training = _training_config(ctx)
+    training = TrainingConfig.of_unit(ctx.params, ctx.settings)
     try:
-        return train_model(model, train_blocks, val_blocks, training, Path(ctx.out), ctx.params["seed"], ctx.log,
-                           desc=f"teacher {ctx.unit.id}", run_info=_run_info(ctx))
+        return train_model(model, train_blocks, val_blocks, training, Path(ctx.out), seed=ctx.params["seed"],
+                           block_size=block_size, log=ctx.log, desc=f"teacher {ctx.unit.id}", run_info=_run_info(ctx))
     except Diverged as exc:  # a bad setting, not a failed unit: one line, nothing kept
         raise UserError(exc.advice(ctx.unit.key, "teacher.training", training)) from None
-
-
-def _training_config(ctx):
-    """The fingerprinted training fields plus the unit's settings (log/checkpoint intervals, compile, trackers)."""
-    from pipeline.config import TrainingConfig
-
-    return TrainingConfig.model_validate({**ctx.params["training"], **ctx.settings["training"]})
 
 
 def _run_info(ctx) -> dict[str, Any]:
@@ -188,17 +182,15 @@ def human_test_metrics(ctx, model_dir: Path, tokenizer, block_size: int) -> dict
     on a CPU the first whole documents that reach the cap, so that bits per byte divide by their text's bytes)."""
     import numpy as np
     import pyarrow.compute as pc
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from pipeline.data.packing import concatenated_ids, tokenize_documents
-    from pipeline.lm.evaluation import evaluate_stream
     from pipeline.distributed import default_device
+    from pipeline.lm.evaluation import evaluate_stream
+    from pipeline.lm.loading import load_model
 
     device = default_device()
     trust = bool(ctx.params["model"].get("trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust,
-                                                 use_safetensors=True).to(device).eval()
+    model = load_model(model_dir, trust_remote_code=trust, device=device)
     documents = artifacts.documents(Path(ctx.inputs[PREPARE_KEY]), "test")
     tokenized = tokenize_documents(list(documents), tokenizer)  # n_bytes: each text's bytes (packing.text_bytes)
     ends = np.cumsum(pc.list_value_length(tokenized.data.column("input_ids")).to_numpy())

@@ -46,18 +46,11 @@ def plan(cfg, planned) -> list[Unit]:
     return units
 
 
-def training_config(ctx):
-    """The fingerprinted training fields plus the unit's settings (log/checkpoint intervals, compile, trackers)."""
-    from pipeline.config import TrainingConfig
-
-    return TrainingConfig.model_validate({**ctx.params["training"], **ctx.settings["training"]})
-
-
 def run(ctx) -> dict[str, Any]:
     import torch
 
-    from pipeline.config import ModelConfig
-    from pipeline.lm.models import build_model
+    from pipeline.config import ModelConfig, TrainingConfig
+    from pipeline.lm.loading import build_model
     from pipeline.lm.training.divergence import Diverged
     from pipeline.lm.training.loop import train_model
 
@@ -72,10 +65,10 @@ def run(ctx) -> dict[str, Any]:
     torch.manual_seed(params["seed"])  # the init depends on the seed (and nothing else)
     model_cfg = ModelConfig.model_validate(params["model"])
     model = build_model(model_cfg, len(tokenizer), block_size, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    training = training_config(ctx)
+    training = TrainingConfig.of_unit(ctx.params, ctx.settings)
     try:
-        metrics = train_model(model, train_blocks, val_blocks, training, out, params["seed"], ctx.log,
-                              desc=ctx.unit.id, run_info={**ctx.settings["run_info"], "config": params})
+        metrics = train_model(model, train_blocks, val_blocks, training, out, seed=params["seed"],
+                              block_size=block_size, log=ctx.log, desc=ctx.unit.id, run_info={**ctx.settings["run_info"], "config": params})
     except Diverged as exc:  # a bad setting, not a failed unit: one line, nothing kept
         raise UserError(exc.advice(ctx.unit.key, "train.training", training)) from None
     if ctx.is_main_process:

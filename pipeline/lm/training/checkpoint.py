@@ -24,7 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import TEMP_PREFIX, replace_dir, write_json_atomic
+from pipeline.errors import UserError
+from pipeline.io import TEMP_PREFIX, replace_dir, write_dir_atomic, write_json_atomic
+from pipeline.lm.models import merge_lora
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^(step|best)-(\d{8,})$")
@@ -119,3 +121,31 @@ class Checkpoints:
 
     def delete_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def load_run_snapshot(accelerator, path: Path, run: dict[str, Any], log) -> dict[str, Any]:
+    """The trainer state of checkpoint `path` (model, optimizer and RNG restored), if it is of this run."""
+    world = accelerator.num_processes
+    state = load_snapshot(accelerator, path)
+    if state["run"] != run:
+        raise UserError(f"train: checkpoint {path} belongs to another run ({state['run']} != {run}); "
+                        f"delete {path.parent} to start over")
+    if state["processes"] != world:
+        log.warning("checkpoint %s was written by %d processes, resuming with %d: the data order is the same, "
+                    "per-process random states (dropout) are not restored", path, state["processes"], world)
+    return state
+
+
+def save_final_model(accelerator, model, path: Path) -> None:
+    """save_pretrained (safetensors) of the plain model, LoRA merged; temp dir renamed into place."""
+    from peft import PeftModel
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, PeftModel):
+        plain, state_dict = merge_lora(unwrapped), None
+    else:
+        plain, state_dict = unwrapped, accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        write_dir_atomic(path, lambda tmp: plain.save_pretrained(str(tmp), state_dict=state_dict))
+    accelerator.wait_for_everyone()

@@ -17,8 +17,12 @@ import torch
 from pipeline.errors import UserError
 
 
-def blocks_tensor(dataset, log=None) -> torch.Tensor:
-    """(N, T) int32 tensor of the dataset's full-length `input_ids` blocks, read from the Arrow buffers."""
+def blocks_tensor(dataset, block_size: int, log=None) -> torch.Tensor:
+    """(N, block_size) int32 tensor of the dataset's full `input_ids` blocks, read from the Arrow buffers.
+
+    `block_size` is the packing's (prepare's manifest); a shorter tail block is dropped, a longer block
+    means the data was packed for another run.
+    """
     import pyarrow.compute as pc
 
     from pipeline.data.packing import concatenated_ids
@@ -31,15 +35,17 @@ def blocks_tensor(dataset, log=None) -> torch.Tensor:
     lengths = np.concatenate([pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
                               for chunk in dataset.data.column("input_ids").chunks])
     ids = concatenated_ids(dataset)
-    block = int(lengths.max())
-    if (lengths == block).all():
-        return torch.from_numpy(ids.reshape(len(lengths), block))
+    if int(lengths.max()) > block_size:
+        raise UserError(f"train: the training data has blocks of {int(lengths.max())} tokens, longer than the "
+                        f"packing's block size {block_size}; it was packed for another run")
+    if (lengths == block_size).all():
+        return torch.from_numpy(ids.reshape(len(lengths), block_size))
     # Training needs equal-length blocks; a partial tail block (kept by evaluation splits) is dropped.
     ends = np.cumsum(lengths)
-    full = np.flatnonzero(lengths == block)
-    rows = np.stack([ids[ends[i] - block:ends[i]] for i in full]) if len(full) else np.zeros((0, block), np.int32)
+    full = np.flatnonzero(lengths == block_size)
+    rows = np.stack([ids[ends[i] - block_size:ends[i]] for i in full]) if len(full) else np.zeros((0, block_size), np.int32)
     if log is not None:
-        log.warning("train: dropped %d blocks shorter than %d tokens", len(lengths) - len(full), block)
+        log.warning("train: dropped %d blocks shorter than %d tokens", len(lengths) - len(full), block_size)
     return torch.from_numpy(np.ascontiguousarray(rows))
 
 

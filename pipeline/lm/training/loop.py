@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,9 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.lm.evaluation import Windows, stream_windows, summed_nll, token_stream
-from pipeline.lm.models import count_parameters, flops_per_token, merge_lora
+from pipeline.lm.models import count_parameters, flops_per_token
 from pipeline.distributed import broadcast_from_main, force_cpu
-from pipeline.io import write_dir_atomic
-from pipeline.lm.training.checkpoint import Checkpoints, load_snapshot
+from pipeline.lm.training.checkpoint import Checkpoints, load_run_snapshot, load_snapshot, save_final_model
 from pipeline.lm.training.data import BlockBatches, blocks_tensor, micro_batches, pad_rows, total_steps
 from pipeline.lm.training.divergence import DivergenceWatch, check_finite
 from pipeline.lm.training.logs import TrainLog, check_trackers
@@ -37,38 +37,43 @@ from pipeline.lm.training.mfu import mfu, peak_flops, remeasure_peak
 from pipeline.lm.training.optim import (compile_in_place, compute_dtype, eager, make_optimizer, make_scheduler,
                                         resolve_compile, resolve_precision, uncompile)
 from pipeline.lm.training.signals import Preempted, StopFlag
+from pipeline.lm.training.state import Stopwatch, TrainState
 
 
-def train_model(model, train_dataset, val_dataset, training, out_dir: Path, seed: int,
-                log: logging.Logger | None = None, *, desc: str = "train",
-                delete_checkpoints: bool = True, run_info: dict | None = None) -> dict[str, Any]:
-    """Train `model` on fixed-length `input_ids` blocks; save the final model to out_dir/"model".
+def train_model(model, train_dataset, val_dataset, training, out_dir: Path, *, seed: int, block_size: int,
+                log: logging.Logger | None = None, desc: str = "train", delete_checkpoints: bool = True,
+                run_info: dict | None = None) -> dict[str, Any]:
+    """Train `model` on `input_ids` blocks of `block_size` tokens; save the final model to out_dir/"model".
 
-    Resumes from the newest checkpoint in out_dir/"checkpoints" if there is one. Validates on the
-    `val_dataset` token stream (every token, see pipeline/lm/evaluation.py), keeps the best model by
-    validation loss if `training.keep_best`. Raises `Preempted` (exit code 75) after checkpointing
-    when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is merged in place when the final model is saved:
-    afterwards `model` holds the merged weights. Checkpoints are deleted once the final model is saved
-    unless `delete_checkpoints=False`. `run_info` ({"project": run name, "name": unit id, "config": unit
-    params}) names the experiment trackers' run (pipeline/lm/training/logs.py). Returns JSON-able metrics
-    (losses and counts agree across processes; timings are each process's own).
+    `block_size` is the packing's (prepare's manifest): full blocks of it are trained on, a shorter
+    tail block is dropped, a longer block is an error. Resumes from the newest checkpoint in
+    out_dir/"checkpoints" if there is one. Validates on the `val_dataset` token stream (every token, see
+    pipeline/lm/evaluation.py), keeps the best model by validation loss if `training.keep_best`. Raises
+    `Preempted` (exit code 75) after checkpointing when SIGTERM/SIGUSR1 arrives. A LoRA (peft) model is
+    merged in place when the final model is saved: afterwards `model` holds the merged weights.
+    Checkpoints are deleted once the final model is saved unless `delete_checkpoints=False`. `run_info`
+    ({"project": run name, "name": unit id, "config": unit params}) names the experiment trackers' run
+    (pipeline/lm/training/logs.py). Returns JSON-able metrics (losses and counts agree across processes;
+    timings are each process's own).
     """
     # Handlers first: a SIGTERM/SIGUSR1 during setup is honoured at the first step boundary.
     with StopFlag() as stop:
-        return _train(model, train_dataset, val_dataset, training, Path(out_dir), seed,
-                      log or logging.getLogger("collapse"), desc, stop, delete_checkpoints, run_info)
+        return _train(model, train_dataset, val_dataset, training, Path(out_dir), seed=seed, block_size=block_size,
+                      log=log or logging.getLogger("collapse"), desc=desc, stop=stop,
+                      delete_checkpoints=delete_checkpoints, run_info=run_info)
 
 
-def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int, log: logging.Logger,
-           desc: str, stop: StopFlag, delete_checkpoints: bool, run_info: dict | None) -> dict[str, Any]:
+def _train(model, train_dataset, val_dataset, training, out_dir: Path, *, seed: int, block_size: int,
+           log: logging.Logger, desc: str, stop: StopFlag, delete_checkpoints: bool,
+           run_info: dict | None) -> dict[str, Any]:
     started = time.time()
     accelerator, mixed = _accelerator(training.precision, check_trackers(training.trackers), out_dir)
     from accelerate.utils import set_seed
 
     set_seed(seed, device_specific=True)  # dropout differs per process, reproducibly
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    batches = BlockBatches(blocks_tensor(train_dataset, log), training.batch_size, seed, rank, world, device)
-    block_size = batches.block_size
+    batches = BlockBatches(blocks_tensor(train_dataset, block_size, log), training.batch_size, seed, rank, world,
+                           device)
     steps = total_steps(training, batches.steps_per_epoch, block_size)
     micro = min(training.micro_batch_size or batches.local_batch, batches.local_batch)
     val_windows = _validation_windows(val_dataset, model, block_size, rank, world)
@@ -82,23 +87,24 @@ def _train(model, train_dataset, val_dataset, training, out_dir: Path, seed: int
     run = {"global_batch": training.batch_size, "n_blocks": batches.n_blocks, "block_size": block_size,
            "total_steps": steps, "seed": seed}
     state = _start_state(accelerator, checkpoints, scheduler, run, log)
-    resumed_from = state["step"]
+    resumed_from = state.step
     head, compiled = _fast_paths(accelerator, model, batches, training, mixed)
     if accelerator.is_main_process:
         _log_plan(log, desc, steps, training, batches, world, micro, mixed, head, compiled, resumed_from)
 
     train_log = TrainLog(out_dir, resumed_from, steps, accelerator, desc, run_info, {"train": training.model_dump()})
-    ctx = _Loop(accelerator, model, optimizer, scheduler, batches, training, state, val_windows, checkpoints,
-                train_log, micro, per_token, peak, out_dir)
-    ctx.head, ctx.compiled = head, compiled
+    loop = _Loop(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, batches=batches,
+                 training=training, state=state, val_windows=val_windows, checkpoints=checkpoints,
+                 train_log=train_log, micro=micro, tokens_per_step=training.batch_size * block_size,
+                 per_token=per_token, peak=peak, head=head, compiled=compiled)
     try:
-        ctx.run(steps, stop)
+        loop.run(steps, stop)
     finally:
         train_log.close()
         uncompile(compiled)
 
     model_step = _save_final(accelerator, model, training, state, checkpoints, out_dir, delete_checkpoints)
-    return _metrics(state, params, steps, batches, ctx.peak, per_token, world, mixed, resumed_from, started) | {
+    return _metrics(state, params, steps, batches, loop.peak, per_token, world, mixed, resumed_from, started) | {
         "model_step": model_step, "compiled": compiled is not None, "chunked_loss": head is not None}
 
 
@@ -123,24 +129,24 @@ def _log_plan(log, desc: str, steps: int, training, batches: BlockBatches, world
              f", resuming at step {resumed_from}" if resumed_from else "")
 
 
-def _start_state(accelerator, checkpoints: Checkpoints, scheduler, run: dict[str, Any], log) -> dict[str, Any]:
+def _start_state(accelerator, checkpoints: Checkpoints, scheduler, run: dict[str, Any], log) -> TrainState:
     """A fresh run's state, or the newest checkpoint's (model, optimizer, RNG and scheduler restored)."""
     world = accelerator.num_processes
     latest = broadcast_from_main(checkpoints.latest() if accelerator.is_main_process else None)
     if latest is None:
-        return _fresh_state(run, world)
-    state = _resume(accelerator, latest, run, world, log)
-    scheduler.load_state_dict(state["scheduler"])
-    return state
+        return TrainState(processes=world, run=run)
+    saved = load_run_snapshot(accelerator, latest, run, log)
+    scheduler.load_state_dict(saved["scheduler"])
+    return replace(TrainState.from_disk(saved), processes=world)
 
 
-def _save_final(accelerator, model, training, state, checkpoints: Checkpoints, out_dir: Path,
+def _save_final(accelerator, model, training, state: TrainState, checkpoints: Checkpoints, out_dir: Path,
                 delete_checkpoints: bool) -> int:
     """Save the final model (the best validation's weights with keep_best); returns the step it is from."""
-    model_step = state["step"]
-    if training.keep_best and state["best_step"] is not None and state["best_step"] != state["step"]:
-        load_snapshot(accelerator, checkpoints.path(state["best_step"], "best"))
-        model_step = state["best_step"]
+    model_step = state.step
+    if training.keep_best and state.best_step is not None and state.best_step != state.step:
+        load_snapshot(accelerator, checkpoints.path(state.best_step, "best"))
+        model_step = state.best_step
     save_final_model(accelerator, model, out_dir / "model")
     if accelerator.is_main_process and delete_checkpoints:
         checkpoints.delete_all()
@@ -163,16 +169,16 @@ def _fast_paths(accelerator, model, batches: BlockBatches, training, mixed: str)
     return head, unwrapped
 
 
-def _metrics(state, params, steps: int, batches: BlockBatches, peak: float, per_token: float, world: int,
+def _metrics(state: TrainState, params, steps: int, batches: BlockBatches, peak: float, per_token: float, world: int,
              mixed: str, resumed_from: int, started: float) -> dict[str, Any]:
-    tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else None
+    tokens_per_s = state.tokens / state.train_seconds if state.train_seconds > 0 else None
     return {
         "parameters": params["total"], "non_embedding_parameters": params["non_embedding"],
-        "trainable_parameters": params["trainable"], "steps": state["step"], "planned_steps": steps,
-        "tokens": state["tokens"], "epochs": state["step"] / batches.steps_per_epoch,
-        "best_val_loss": state["best_val_loss"], "best_step": state["best_step"],
-        "final_val_loss": state["last_val_loss"], "stopped_early": state["step"] < steps,
-        "wall_time_s": time.time() - started, "train_seconds": state["train_seconds"],
+        "trainable_parameters": params["trainable"], "steps": state.step, "planned_steps": steps,
+        "tokens": state.tokens, "epochs": state.step / batches.steps_per_epoch,
+        "best_val_loss": state.best_val_loss, "best_step": state.best_step,
+        "final_val_loss": state.last_val_loss, "stopped_early": state.step < steps,
+        "wall_time_s": time.time() - started, "train_seconds": state.train_seconds,
         "tokens_per_s": tokens_per_s,
         "mfu": mfu(tokens_per_s, per_token, peak, world) if tokens_per_s else None,
         "flops_per_token": per_token, "peak_flops_per_process": peak, "processes": world,
@@ -180,53 +186,67 @@ def _metrics(state, params, steps: int, batches: BlockBatches, peak: float, per_
     }
 
 
+@dataclass(kw_only=True, eq=False)
 class _Loop:
     """The step loop and its bookkeeping (one object so the phases share state without globals)."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, batches: BlockBatches, training, state,
-                 val_windows: Windows | None, checkpoints: Checkpoints, train_log: TrainLog, micro: int,
-                 per_token: float, peak: float, out_dir: Path) -> None:
-        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
-        self.batches, self.training, self.state, self.val_windows = batches, training, state, val_windows
-        self.checkpoints, self.train_log, self.micro = checkpoints, train_log, micro
-        self.per_token, self.peak, self.out_dir = per_token, peak, out_dir
-        self.tokens_per_step = training.batch_size * batches.block_size
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    batches: BlockBatches
+    training: Any  # TrainingConfig
+    state: TrainState
+    val_windows: Windows | None
+    checkpoints: Checkpoints
+    train_log: TrainLog
+    micro: int  # rows per micro-batch
+    tokens_per_step: int
+    per_token: float  # training FLOPs per token
+    peak: float  # peak FLOP/s of one process
+    head: OutputHead | None = None  # the chunked loss's output head (None: whole-batch logits)
+    compiled: torch.nn.Module | None = None  # the module compiled in place, if any
+
+    def __post_init__(self) -> None:
+        self.watch = Stopwatch(self.state.train_seconds)  # a resumed run goes on from its checkpoint's seconds
+        self.window_start = self.state.train_seconds  # stopwatch seconds when the current log window began
         self.last_checkpoint: int | None = None
         self.last_grad_norm: torch.Tensor | None = None
         self.peak_checked = False
-        self.head: OutputHead | None = None  # the chunked loss's output head (None: whole-batch logits)
-        self.compiled: torch.nn.Module | None = None  # the module compiled in place, if any
-        self.divergence = DivergenceWatch(accelerator.device)
+        self.divergence = DivergenceWatch(self.accelerator.device)
 
     def run(self, steps: int, stop: StopFlag) -> None:
-        training, state, accelerator = self.training, self.state, self.accelerator
+        training, state = self.training, self.state
         self.model.train()
-        running = torch.zeros((), device=accelerator.device)
-        window_start, window_steps, paused = time.perf_counter(), 0, 0.0
-        for step in range(state["step"], steps):
+        running = torch.zeros((), device=self.accelerator.device)
+        window_steps = 0
+        for step in range(state.step, steps):
+            self.watch.resume()
             loss_sum = self._train_step(step)
             running += loss_sum
             done = step + 1
             self.divergence.note(done, loss_sum)
-            state["step"], state["tokens"] = done, state["tokens"] + self.tokens_per_step
+            state.step, state.tokens = done, state.tokens + self.tokens_per_step
             window_steps += 1
             self.train_log.step()
             if done % training.log_every == 0 or done == steps:
-                state["train_seconds"] += self._log_train(done, running, window_steps, window_start + paused)
+                self._log_train(done, running, window_steps)
                 running.zero_()
-                window_start, window_steps, paused = time.perf_counter(), 0, 0.0
-            pause_start = time.perf_counter()
+                window_steps = 0
+            self._pause()  # validation, checkpoints and the stop vote are not training time
             stop_early = self._maybe_validate(done, steps)
             if training.checkpoint_every and done % training.checkpoint_every == 0 and done < steps:
-                self._checkpoint(done, window_start, window_steps)
+                self._checkpoint(done)
             if done < steps and self._stop_requested(stop):
-                self._checkpoint(done, window_start, window_steps)
+                self._checkpoint(done)
                 raise Preempted(done, stop.signum or 15)
-            paused += time.perf_counter() - pause_start
             if stop_early:
                 break
-        if window_steps:  # steps after the last log row (an early stop between log points)
-            state["train_seconds"] += time.perf_counter() - window_start - paused
+
+    def _pause(self) -> float:
+        """Pause the training clock; the state's train_seconds are its seconds so far (returned)."""
+        self.state.train_seconds = self.watch.pause()
+        return self.state.train_seconds
 
     def _train_step(self, step: int) -> torch.Tensor:
         """One optimizer step over this process's share of the global batch; returns its mean loss."""
@@ -249,25 +269,25 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _log_train(self, done: int, running: torch.Tensor, window_steps: int, timed_from: float) -> float:
-        """Record the window's train-log row; returns the window's seconds (pauses excluded)."""
+    def _log_train(self, done: int, running: torch.Tensor, window_steps: int) -> None:
+        """Record the window's train-log row (the clock paused from when the window's loss is known)."""
         self.divergence.check(self.accelerator)  # never a NaN row, and no step past a diverged one is logged
         mean_loss = float(self.accelerator.reduce(running / window_steps, reduction="mean"))
-        # Read the clock only after the loss reached the host: on CUDA the steps run asynchronously, and
+        # Stop the clock only after the loss reached the host: on CUDA the steps run asynchronously, and
         # a clock read before that wait would miss the window's queued kernels (optimistic tokens/s).
-        elapsed = time.perf_counter() - timed_from
+        seconds = self._pause()
+        elapsed, self.window_start = seconds - self.window_start, seconds
         tokens_per_s = window_steps * self.tokens_per_step / max(elapsed, 1e-9)
         if not self.peak_checked and mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes) > 1.0:
             # Faster than the cached "peak": it was measured under load. Once per run (outside the timing).
             self.peak = remeasure_peak(self.accelerator.device, compute_dtype(self.accelerator.mixed_precision))
             self.peak_checked = True
-        row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state["tokens"],
+        row = {"step": done, "epoch": done / self.batches.steps_per_epoch, "tokens": self.state.tokens,
                "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                "mfu": mfu(tokens_per_s, self.per_token, self.peak, self.accelerator.num_processes)}
         if self.last_grad_norm is not None:
             row["grad_norm"] = float(self.last_grad_norm)
         self.train_log.record(row)
-        return elapsed
 
     def _maybe_validate(self, done: int, steps: int) -> bool:
         """Validate when due; returns True when early stopping says stop."""
@@ -279,18 +299,18 @@ class _Loop:
         self.divergence.check(self.accelerator)
         loss = self.validate()
         check_finite(done, loss, "validation")
-        state["last_val_loss"] = loss
-        improved = state["best_val_loss"] is None or loss < state["best_val_loss"]
+        state.last_val_loss = loss
+        improved = state.best_val_loss is None or loss < state.best_val_loss
         if improved:
-            state["best_val_loss"], state["best_step"], state["evals_since_best"] = loss, done, 0
+            state.best_val_loss, state.best_step, state.evals_since_best = loss, done, 0
             if training.keep_best and done < steps:  # at the last step the live weights are the best
                 self.checkpoints.save(self.accelerator, done, self._state_for_disk(), kind="best")
         else:
-            state["evals_since_best"] += 1
+            state.evals_since_best += 1
         self.train_log.record({"step": done, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-                               "best_val_loss": state["best_val_loss"]})
+                               "best_val_loss": state.best_val_loss})
         patience = training.early_stopping_patience
-        return bool(patience) and state["evals_since_best"] >= patience
+        return bool(patience) and state.evals_since_best >= patience
 
     def validate(self) -> float:
         """Mean NLL per token over every validation token (summed over processes, then divided)."""
@@ -309,21 +329,17 @@ class _Loop:
             flag = bool(self.accelerator.reduce(tensor, reduction="sum").item() > 0)
         return flag
 
-    def _checkpoint(self, done: int, window_start: float, window_steps: int) -> None:
+    def _checkpoint(self, done: int) -> None:
+        """Write checkpoint `done` (the clock is paused: its train_seconds are those of its steps)."""
         if self.last_checkpoint == done:  # a signal right after a periodic checkpoint
             return
         self.divergence.check(self.accelerator)  # a diverged run is not worth resuming
         self.last_checkpoint = done
-        state = self._state_for_disk()
-        # Training time of the steps since the last log row belongs to the checkpointed run.
-        state["train_seconds"] += time.perf_counter() - window_start if window_steps else 0.0
-        self.checkpoints.save(self.accelerator, done, state)
+        self.checkpoints.save(self.accelerator, done, self._state_for_disk())
 
     def _state_for_disk(self) -> dict[str, Any]:
-        state = dict(self.state)
-        epoch, batch = self.batches.position(state["step"])
-        state.update(epoch=epoch, batches_consumed=batch, scheduler=self.scheduler.state_dict())
-        return state
+        epoch, batch = self.batches.position(self.state.step)
+        return self.state.on_disk(epoch=epoch, batches_consumed=batch, scheduler=self.scheduler.state_dict())
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -365,35 +381,3 @@ def _validation_windows(val_dataset, model, block_size: int, rank: int, world: i
         raise UserError("model: config has no eos_token_id; validation windows start with EOS "
                         "(build the model with the tokenizer's eos id)")
     return stream_windows(token_stream(val_dataset), block_size, int(eos)).shard(rank, world)
-
-
-def _fresh_state(run: dict[str, Any], world: int) -> dict[str, Any]:
-    return {"step": 0, "tokens": 0, "train_seconds": 0.0, "best_val_loss": None, "best_step": None,
-            "evals_since_best": 0, "last_val_loss": None, "processes": world, "run": run}
-
-
-def _resume(accelerator, path: Path, run: dict[str, Any], world: int, log) -> dict[str, Any]:
-    state = load_snapshot(accelerator, path)
-    if state["run"] != run:
-        raise UserError(f"train: checkpoint {path} belongs to another run ({state['run']} != {run}); "
-                        f"delete {path.parent} to start over")
-    if state["processes"] != world:
-        log.warning("checkpoint %s was written by %d processes, resuming with %d: the data order is the same, "
-                    "per-process random states (dropout) are not restored", path, state["processes"], world)
-    state["processes"] = world
-    return state
-
-
-def save_final_model(accelerator, model, path: Path) -> None:
-    """save_pretrained (safetensors) of the plain model, LoRA merged; temp dir renamed into place."""
-    from peft import PeftModel
-
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    if isinstance(unwrapped, PeftModel):
-        plain, state_dict = merge_lora(unwrapped), None
-    else:
-        plain, state_dict = unwrapped, accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        write_dir_atomic(path, lambda tmp: plain.save_pretrained(str(tmp), state_dict=state_dict))
-    accelerator.wait_for_everyone()
