@@ -263,3 +263,28 @@ def test_compiled_training_with_a_padded_micro_batch_matches_eager(tmp_path):
     assert compiled["compiled"] and not eager["compiled"]
     assert compiled["steps"] == eager["steps"] == 6
     assert abs(compiled["final_val_loss"] - eager["final_val_loss"]) < 1e-5
+
+
+def test_stopwatch_leaves_out_paused_time_and_train_state_round_trips():
+    from pipeline.lm.training.state import Stopwatch, TrainState
+
+    watch = Stopwatch(5.0)
+    watch.resume()
+    time.sleep(0.02)
+    running = watch.pause()
+    time.sleep(0.05)  # paused: validation, checkpoints
+    assert 5.02 <= running == watch.pause() == watch.seconds < 5.05
+    state = TrainState(step=3, tokens=96, best_val_loss=1.5, best_step=3, processes=2, run={"seed": 0})
+    saved = state.on_disk(epoch=1, batches_consumed=1, scheduler={"last_epoch": 3})
+    assert list(saved)[:9] == ["step", "tokens", "train_seconds", "best_val_loss", "best_step", "evals_since_best",
+                               "last_val_loss", "processes", "run"]
+    assert TrainState.from_disk(saved) == state
+
+
+def test_blocks_longer_than_the_packing_block_size_are_refused():
+    from pipeline.errors import UserError
+    from pipeline.lm.training.data import blocks_tensor
+
+    assert tuple(blocks_tensor(token_blocks(4, partial=7), BLOCK).shape) == (4, BLOCK)  # the short tail dropped
+    with pytest.raises(UserError, match="longer than the packing's block size 16"):
+        blocks_tensor(token_blocks(4), 16)
