@@ -138,6 +138,21 @@ def test_sigkill_mid_write_leaves_nothing_and_is_redone(tmp_path):
     assert ledger(tmp_path).count("mix/p0.5-n100") == 2
 
 
+def test_a_resumed_unit_drops_the_half_written_outputs_of_the_killed_attempt(tmp_path):
+    """A kill during an atomic write (e.g. the final model) leaves a .tmp- entry in a resumable unit's work dir;
+    the attempt that resumes there must not carry it into the finished unit."""
+    executor = make_executor(write_config(tmp_path))
+    unit = executor.planned.get("train/p0.5-n100")
+    work = executor.run_dir.work(unit, executor.planned.fingerprints[unit.key])
+    (work / ".tmp-model.x1y2" / "sub").mkdir(parents=True)
+    (work / ".tmp-model.x1y2" / "sub" / "config.json").write_text("{half")
+    (work / ".tmp-metrics.json.z9").write_text("{")
+    (work / "checkpoint-kept.txt").write_text("resume state")
+    run_all(executor)
+    final = tmp_path / "runs" / "toy" / "train" / "p0.5-n100"
+    assert sorted(p.name for p in final.iterdir()) == ["checkpoint-kept.txt", "manifest.json", "part1.txt", "part2.txt"]
+
+
 def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
     executor = make_executor(write_config(tmp_path))
     unit = executor.planned.get("prepare/prepare")

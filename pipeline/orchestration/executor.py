@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.distributed import Processes
 from pipeline.errors import ExitCode, UserError, is_disk_error, wrapped_disk_error
-from pipeline.io import json_text, list_files, replace_dir, write_json_atomic, write_text_atomic
+from pipeline.io import TEMP_PREFIX, json_text, list_files, replace_dir, write_json_atomic, write_text_atomic
 from pipeline.orchestration.runner import Planned, RunDir, metrics_digest, unit_lock, versions
 from pipeline.unit import Stage, Summarizes, Unit, UnitContext
 
@@ -212,13 +212,16 @@ def _text_or_none(path: Path) -> str | None:
 
 
 def _prepare_work_dir(rd: RunDir, unit: Unit, work: Path) -> None:
-    """Fresh work dir, unless the unit resumes from checkpoints inside it. Old fingerprints' dirs go."""
+    """Fresh work dir, unless the unit resumes from checkpoints inside it (then without the half-written
+    outputs of the attempt that was killed). Old fingerprints' dirs go."""
     for stale in work.parent.glob(f"{unit.id}.*"):
         if stale != work and stale.name.rsplit(".", 1)[0] == unit.id:
             shutil.rmtree(stale, ignore_errors=True)
     if work.exists() and not unit.resumable:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    for half_written in work.glob(f"{TEMP_PREFIX}*"):  # a kill mid-write (e.g. the final model) left these
+        shutil.rmtree(half_written) if half_written.is_dir() else half_written.unlink()
 
 
 def _swap_into_place(rd: RunDir, work: Path, final: Path) -> None:
