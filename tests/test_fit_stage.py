@@ -64,9 +64,9 @@ def fake_cfg(generate_mode="replace", generations=1) -> SimpleNamespace:
     dump = lambda fields: SimpleNamespace(model_dump=lambda mode=None: dict(fields), **fields)
     return SimpleNamespace(
         name="synthetic", corpus=SimpleNamespace(source="builtin:reference-language"),
-        teacher=SimpleNamespace(model=SimpleNamespace(pretrained=None, label="gpt2-nano", finetune="full")),
+        teacher=SimpleNamespace(model=SimpleNamespace(pretrained=None, label="gpt2-nano", finetune="full"), replicates=1),
         generate=SimpleNamespace(mode=generate_mode, generations=generations, temperature=1.0, top_p=1.0, top_k=0),
-        mix=SimpleNamespace(mode="replace"), train=SimpleNamespace(seeds=[0, 1]),
+        mix=SimpleNamespace(mode="replace", draws=1), train=SimpleNamespace(seeds=[0, 1]),
         fit=dump({"share": "exponent", "bootstrap": 60, "accumulate_margin": 0.02}), report=dump({"title": None, "theory_figures": False}))
 
 

@@ -26,12 +26,12 @@ LOWEST, HIGHEST = 0.90, 0.99
 def row(p, loss, seed, teacher=None, mix=None, n=BUDGET, **extra):
     out = {"student": "s", "generation": 1, "synthetic_fraction": p, "token_budget": n, "seed": seed, "loss": loss,
            "unit": f"p{p:g}-n{n}-t{teacher}-m{mix}-s{seed}", **extra}
-    out.update({k: v for k, v in (("teacher_seed", teacher), ("mix_seed", mix)) if v is not None})
+    out.update({k: v for k, v in (("teacher_replicate", teacher), ("mix_draw", mix)) if v is not None})
     return out
 
 
 def test_method_and_levels():
-    assert LEVELS == ("teacher_seed", "mix_seed", "seed")
+    assert LEVELS == ("teacher_replicate", "mix_draw", "seed")
     assert "outermost level that varies" in METHOD
 
 
@@ -50,7 +50,7 @@ def test_collapse_averages_to_the_outermost_varying_level():
             row(0.2, 4.1, 0, teacher=2), row(0.2, 4.3, 1, teacher=2)]  # one teacher, seeds only: unchanged
     out = replicate_rows(rows)
     assert [(r["synthetic_fraction"], r["seed"], r.get("replicate_level"), r.get("replicate_rows")) for r in out] == [
-        (0.0, 0, "mix_seed", 2), (0.0, 1, "mix_seed", 2), (0.5, 0, "teacher_seed", 2), (0.5, 1, "teacher_seed", 2),
+        (0.0, 0, "mix_draw", 2), (0.0, 1, "mix_draw", 2), (0.5, 0, "teacher_replicate", 2), (0.5, 1, "teacher_replicate", 2),
         (0.2, 0, None, None), (0.2, 1, None, None)]
     np.testing.assert_allclose([r["loss"] for r in out], [4.01, 4.11, 4.21, 4.32, 4.1, 4.3])
     assert out[2]["excess_loss"] == pytest.approx(0.25) and out[3]["excess_loss"] is None  # None in one row: None
@@ -81,8 +81,8 @@ def test_variance_components_recover_the_simulated_ones():
           {level: round(entry["sd"], 4) for level, entry in found["levels"].items()})
     for level, sd in zip(LEVELS, sds):
         assert found["levels"][level]["sd"] == pytest.approx(sd, rel=0.15), level
-    assert found["levels"]["teacher_seed"] == {**found["levels"]["teacher_seed"], "dof": 400, "cells": 200}
-    mix, seed = found["levels"]["mix_seed"], found["levels"]["seed"]  # p > 0 cells: 27 rows; p = 0: 9
+    assert found["levels"]["teacher_replicate"] == {**found["levels"]["teacher_replicate"], "dof": 400, "cells": 200}
+    mix, seed = found["levels"]["mix_draw"], found["levels"]["seed"]  # p > 0 cells: 27 rows; p = 0: 9
     assert (mix["cells"], mix["dof"], seed["cells"], seed["dof"]) == (400, 200 * 6 + 200 * 2, 400, 200 * 18 + 200 * 6)
 
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-LEVELS = ("teacher_seed", "mix_seed", "seed")  # outermost first
+LEVELS = ("teacher_replicate", "mix_draw", "seed")  # outermost first
 OUTCOMES = ("loss", "excess_loss", "bpb", "synthetic_loss", "ppl")
 METHOD = ("the rows of a cell are averaged to the outermost level that varies in it (teachers for p > 0 when there "
           "are several, else mixture draws, else seeds), so that every interval treats independent units as "

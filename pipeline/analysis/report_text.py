@@ -228,6 +228,23 @@ def gaps_by_budget(fit: dict) -> list[str]:
     return lines + [""]
 
 
+def replicates(fit: dict) -> list[str]:
+    """Which units the intervals count as independent, and each level's share of the variance (with replicates)."""
+    summary = fit.get("replicates") or {}
+    components = {label: c for label, c in (summary.get("variance_components") or {}).items()
+                  if set(c.get("levels", {})) - {"seed"}}
+    if not components:
+        return []
+    lines = ["## Replicates: teachers, mixture draws, seeds", "", f"Intervals: {summary['method']}.",
+             f"Variance components: {next(iter(components.values()))['method']}.", "",
+             "| curve | level | sd (nats) | degrees of freedom | cells |", "|---|---|---|---|---|"]
+    names = {"teacher_replicate": "teacher", "mix_draw": "mixture draw", "seed": "seed (init, order)"}
+    for label, c in sorted(components.items()):
+        lines += [f"| {label} | {names.get(level, level)} | {num(v['sd'])} | {v['dof']} | {v['cells']} |"
+                  for level, v in c["levels"].items()]
+    return lines + [""]
+
+
 def model_sizes(fit: dict) -> list[str]:
     sizes = fit.get("model_sizes") or {}
     if not sizes.get("compared"):

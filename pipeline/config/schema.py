@@ -17,11 +17,9 @@ from pipeline.config.paths import pretrained_problem
 from pipeline.config.slurm import SlurmConfig
 from pipeline.lm.presets import PRESETS, model_dims
 from pipeline.lm.training.logs import tracker_problem
-
 from pipeline.data.sources import SCHEMES as SOURCE_SCHEMES  # noqa: E402  (one list, in the data layer)
 
-# Every seed: what numpy's generators take (0 <= seed < 2**32), checked when the config is read; strict,
-# so that `true` is refused rather than read as seed 1.
+# Every seed: what numpy's generators take (0 <= seed < 2**32), checked when read; strict, so `true` is refused.
 Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
 
 # Counts no machine reaches: a typo (epochs 1e30) is refused when the config is read instead of training
@@ -213,6 +211,7 @@ class TeacherConfig(Section):
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="The teacher's architecture, or its pretrained checkpoint (model.pretrained).")
     training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(epochs=1.0), description="How the teacher trains (scratch, or fine-tuning).")
+    replicates: int = Field(1, ge=1, le=100, description="Independent teachers per generation (1-100). Replicate 0 is the run's teacher; replicate r >= 1 has its own initialisation, data order and sampling seeds, its own synthetic corpus, mixtures, students and evaluations (p = 0 mixtures read no synthetic text and are shared), so that intervals carry the variance over teachers.")
 
     @property
     def pretrained(self) -> bool:
@@ -253,6 +252,7 @@ class MixConfig(Section):
     human_budget: int | None = Field(None, gt=0, le=MAX_TOKENS, description=f"Human tokens of every mixture in add mode (at most {MAX_TOKENS:.0e}).")
     generations: list[int] = Field([0], min_length=1, description="Which synthetic generations to mix (0-based).")
     seed: Seed = Field(0, description="Seed of the fixed block orders (mixtures are nested; 0 <= seed < 2**32).")
+    draws: int = Field(1, ge=1, le=100, description="Independent draws of every mixture (1-100): draw 0 orders the blocks with mix.seed, draw d >= 1 with a seed derived from (mix.seed, d); every draw has its own students, so that intervals carry the variance over which blocks a mixture holds.")
 
     @field_validator("synthetic_fractions")
     @classmethod

@@ -253,7 +253,8 @@ def cmd_floor(args: argparse.Namespace) -> int:
 
     cfg = _run_dir_config(Path(args.run_dir))
     _quiet_library_progress(disable_ours=True)
-    print(predict_floor(cfg, _executor(cfg)))
+    for path in predict_floor(cfg, _executor(cfg)):
+        print(path)
     return ExitCode.OK
 
 

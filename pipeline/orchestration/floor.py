@@ -4,7 +4,7 @@ Reads the run's prepared test split (prepare/prepare: docs/test, tokenizer, bloc
 generation-0 teacher (teacher/g0: the model whose text the generation-0 mixtures hold), computes
 `pipeline.lm.mixture_floor` at the token and the document level for p = 0 and the run's
 mix.synthetic_fractions, and writes RUN_DIR/floor/prediction.json atomically, with a UTC time and the
-teacher unit's fingerprint. A prediction already made for the same teacher fingerprint is kept and
+teacher unit's fingerprint (with teacher.replicates > 1, one file per replicate: prediction-tR.json for r >= 1). A prediction already made for the same teacher fingerprint is kept and
 nothing is recomputed: it was written before the students, and stays the record of what was predicted.
 One for another fingerprint (the teacher was retrained) is renamed beside it,
 prediction-<its fingerprint[:12]>-<its UTC time>.json, before the new one is written.
@@ -33,11 +33,21 @@ PREDICTION = "prediction.json"
 GENERATION = 0
 
 
-def predict_floor(cfg: Config, executor) -> Path:
-    """RUN_DIR/floor/prediction.json for the run's teacher g0 (kept if already there for this teacher)."""
-    teacher = _finished_teacher(cfg, executor)
+def predict_floor(cfg: Config, executor) -> list[Path]:
+    """One prediction per teacher replicate of generation 0 (each kept if already there for that teacher)."""
+    return [_predict_one(cfg, executor, replicate) for replicate in range(cfg.teacher.replicates)]
+
+
+def prediction_path(run_dir: Path, replicate: int) -> Path:
+    """floor/prediction.json for the run's teacher (replicate 0), floor/prediction-tR.json for replicate r."""
+    name = PREDICTION if replicate == 0 else f"prediction-t{replicate}.json"
+    return run_dir / FLOOR_DIR / name
+
+
+def _predict_one(cfg: Config, executor, replicate: int) -> Path:
+    teacher = _finished_teacher(cfg, executor, replicate)
     fingerprint = executor.planned.fingerprints[teacher.key]
-    path = cfg.run_dir / FLOOR_DIR / PREDICTION
+    path = prediction_path(cfg.run_dir, replicate)
     old = read_json_object(path) if path.exists() else None
     if old is not None and (old.get("teacher") or {}).get("fingerprint") == fingerprint:
         log.info("floor: %s was predicted for %s at %s; kept", path, teacher.key, old.get("created"))
@@ -52,13 +62,13 @@ def predict_floor(cfg: Config, executor) -> Path:
     return path
 
 
-def _finished_teacher(cfg: Config, executor):
-    """The teacher unit of generation 0, refusing a run the floor cannot be predicted for."""
+def _finished_teacher(cfg: Config, executor, replicate: int):
+    """Teacher replicate r of generation 0, refusing a run the floor cannot be predicted for."""
     run_dir = cfg.run_dir
     if cfg.corpus.source != REFERENCE_LANGUAGE:
         raise UserError(f"{run_dir}: corpus.source is {cfg.corpus.source}; collapse floor needs {REFERENCE_LANGUAGE}, "
                         "the only corpus whose distribution P is known exactly")
-    key = artifacts.teacher_key(GENERATION)
+    key = artifacts.teacher_key(GENERATION, replicate)
     if key not in executor.planned.by_key:
         raise UserError(f"{run_dir}: the run plans no {key}; collapse floor needs a run with a teacher")
     for unit_key in (PREPARE_KEY, key):

@@ -11,6 +11,10 @@ Keys (`STAGE/ID`):
   generate/gG-sKKK     a shard: text.jsonl
   generate/gG          a corpus: blocks/, heldout/, text.jsonl {"text", "heldout"}, diagnostics.json
   mix/gG-pP-nN         blocks/
+With teacher.replicates > 1, teacher replicate r >= 1 and everything it wrote carry `-tR` after gG
+(teacher/gG-tR, generate/gG-tR-sKKK, generate/gG-tR, mix/gG-tR-pP-nN); with mix.draws > 1, draw d >= 1
+of a mixture ends in `-dD` (mix/gG-pP-nN-dD). Replicate 0 and draw 0 keep the plain ids, so a run
+without replicates has the ids (and fingerprints) it always had.
   train/STUDENT-MIX-sS model/
   evaluate/<train id>  manifest only: its metrics are one results row
   fit/fit              fit.json
@@ -31,33 +35,45 @@ from pipeline.unit import unit_key
 
 PREPARE_KEY = unit_key("prepare", "prepare")
 FIT_KEY = unit_key("fit", "fit")
-_SHARD_ID = re.compile(r"^g\d+-s\d+$")
+_SHARD_ID = re.compile(r"^g\d+(-t\d+)?-s\d+$")
 
 # Columns of the results table: evaluate writes rows with these (and more), `collapse status` and the
 # report print them in this order. (key, header, format)
 RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("student", "student", "s"), ("parameters", "parameters", ",d"), ("generation", "g", "d"),
+    ("teacher_replicate", "teacher", "d"), ("mix_draw", "draw", "d"),
     ("synthetic_fraction", "p", "g"), ("token_budget", "n", ",d"), ("seed", "seed", "d"), ("step", "step", "d"),
     ("loss", "loss", ".4f"), ("ppl", "ppl", ".2f"), ("bpb", "bpb", ".4f"), ("excess_loss", "excess", ".4f"),
     ("synthetic_loss", "synthetic loss", ".4f"),
 )
 
 
-def generation_id(generation: int) -> str:
-    """The unit id of generation g's teacher and of its corpus: gG."""
-    return f"g{generation}"
+def generation_id(generation: int, replicate: int = 0) -> str:
+    """The unit id of generation g's teacher and of its corpus: gG (teacher replicate 0) or gG-tR."""
+    return f"g{generation}" if replicate == 0 else f"g{generation}-t{replicate}"
 
 
-def teacher_key(generation: int) -> str:
-    return unit_key("teacher", generation_id(generation))
+def teacher_key(generation: int, replicate: int = 0) -> str:
+    return unit_key("teacher", generation_id(generation, replicate))
 
 
-def corpus_key(generation: int) -> str:
-    return unit_key("generate", generation_id(generation))
+def corpus_key(generation: int, replicate: int = 0) -> str:
+    return unit_key("generate", generation_id(generation, replicate))
 
 
-def shard_id(generation: int, shard: int) -> str:
-    return f"{generation_id(generation)}-s{shard:03d}"
+def shard_id(generation: int, shard: int, replicate: int = 0) -> str:
+    return f"{generation_id(generation, replicate)}-s{shard:03d}"
+
+
+def replicate_of(params: dict[str, Any]) -> int:
+    """The teacher replicate a teacher, generate or mix unit belongs to (absent from replicate 0's params, so
+    that its fingerprints are those of a run without replicates)."""
+    return int(params.get("teacher_replicate", 0))
+
+
+def replicate_params(replicate: int) -> dict[str, int]:
+    """What a unit of teacher replicate r adds to its params: nothing for r = 0 (see `replicate_of`)."""
+    return {"teacher_replicate": replicate} if replicate else {}
 
 
 def is_shard(unit_id: str) -> bool:

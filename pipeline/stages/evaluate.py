@@ -33,7 +33,8 @@ def plan(cfg, planned) -> list[Unit]:
     units = []
     for train_unit in planned.units("train"):
         [mix_key] = train_unit.inputs_from("mix")
-        corpus = artifacts.corpus_key(planned.get(mix_key).params["generation"])
+        mix_params = planned.get(mix_key).params
+        corpus = artifacts.corpus_key(mix_params["generation"], artifacts.replicate_of(mix_params))
         inputs = [train_unit.key, PREPARE_KEY, mix_key] + ([corpus] if corpus in corpora else [])
         # The model's trust_remote_code comes from the config (through the train unit's params), never from disk.
         params = {"precision": cfg.evaluate.precision,
@@ -100,10 +101,16 @@ def _identity(unit_id: str, train_manifest: dict[str, Any], mix_manifest: dict[s
         "non_embedding_parameters": train_metrics.get("non_embedding_parameters"),
         "synthetic_fraction": mix_params["fraction"], "realised_fraction": mix_metrics.get("realised_fraction"),
         "token_budget": mix_params["budget"], "mix_mode": mix_params["mode"], "generation": mix_params["generation"],
-        "seed": train_params["seed"], "step": train_metrics.get("model_step", train_metrics.get("steps")),
+        **_replicate_fields(mix_params), "seed": train_params["seed"], "step": train_metrics.get("model_step", train_metrics.get("steps")),
         "train_steps": train_metrics.get("steps"), "train_tokens": train_metrics.get("tokens"),
         "best_val_loss": train_metrics.get("best_val_loss"),
     }
+
+
+def _replicate_fields(mix_params: dict[str, Any]) -> dict[str, int]:
+    """teacher_replicate and mix_draw where not 0 (rows of a run without replicates are what they always were)."""
+    fields = {"teacher_replicate": artifacts.replicate_of(mix_params), "mix_draw": int(mix_params.get("draw", 0))}
+    return {key: value for key, value in fields.items() if value}
 
 
 def summary(stage_dir: Path, units: list[Unit]) -> dict[str, str | None]:

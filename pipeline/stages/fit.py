@@ -16,6 +16,8 @@ student (and one synthetic generation when the run mixes several). fit.json:
                       findings: the papers' qualitative claims, holds true / false / null (not testable: "why");
                       excess: with an exact entropy (builtin:reference-language), E_p minus it.
   curve_of_unit       evaluate unit id -> CURVE (how the report groups rows).
+  replicates          method: every fit above sees one row per independent unit of its cell (`replicates.METHOD`:
+                      teachers, else mixture draws, else seeds); variance_components per CURVE (teacher, draw, seed).
   collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci) where both plateaus are identified,
                       measured_gap(+_ci, p_holm) at the largest budget, the gap's slope per doubling of n and verdict}.
   left_out            units whose loss is not finite (left out of every fit, with a warning in the log).
@@ -32,13 +34,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, generations, prediction, theory_fit
+from pipeline.analysis import fitting, generations, prediction, replicates, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
 
 NAME = "fit"
-VERSION = 4
+VERSION = 5
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -64,17 +66,19 @@ def label_rows(rows: list[dict]) -> dict[str, list[dict]]:
 
 def run(ctx) -> dict[str, Any]:
     params = ctx.params["fit"]
-    rows, left_out = fitting.finite_rows(artifacts.result_rows(ctx.inputs))
+    raw_rows, left_out = fitting.finite_rows(artifacts.result_rows(ctx.inputs))
     for unit in left_out:
         ctx.log.warning("fit: %s left out: its loss is not finite", unit)
-    curves = label_rows(rows)
+    rows = replicates.replicate_rows(raw_rows)  # one row per independent unit: teacher, draw or seed
+    curves, raw_curves = label_rows(rows), label_rows(raw_rows)
     students = {}
     for label, curve_rows in curves.items():
         students[label] = fit_curve(curve_rows, params)
         ctx.log.info("fit %s: %s", label, _one_line(students[label]))
     result = {
         "students": students,
-        "curve_of_unit": {row["unit"]: label for label, curve_rows in curves.items() for row in curve_rows},
+        "curve_of_unit": {row["unit"]: label for label, curve_rows in raw_curves.items() for row in curve_rows},
+        "replicates": replicate_summary(raw_curves),
         "collapse_gap": collapse_gap(students),
         "model_sizes": compare_sizes(students),
         "generations": generation_trends(rows, ctx.params.get("generate_mode"), params.get("accumulate_margin")),
@@ -89,6 +93,13 @@ def run(ctx) -> dict[str, Any]:
     return {"alpha": next(iter(students.values()), {}).get("curves", {}).get("alpha"),
             "findings_hold": all(v is True for v in verdicts), "findings_untestable": verdicts.count(None),
             "predictions": len(made), "predictions_inside": sum(bool(v["inside"]) for v in made)}
+
+
+def replicate_summary(raw_curves: dict[str, list[dict]]) -> dict[str, Any]:
+    """What the intervals treat as independent, and the variance each level of the design carries, per curve."""
+    return {"method": replicates.METHOD,
+            "variance_components": {label: replicates.variance_components(curve_rows)
+                                    for label, curve_rows in raw_curves.items()}}
 
 
 def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:

@@ -11,6 +11,8 @@ Units per generation g (the runner orders them after teacher g, and teacher g+1 
                     blocks/ (column `input_ids`), both with prepare's tokenizer and block size.
                     text.jsonl: {"text", "heldout"} per document; diagnostics.json: synthetic vs human
                     statistics (pipeline/lm/diagnostics.py) with rank-frequency arrays for the report.
+With teacher.replicates > 1, replicate r >= 1 has the same units with ids gG-tR-sKKK and gG-tR, read from
+teacher/gG-tR and sampled from (generate.seed, g, k, r).
 """
 
 from __future__ import annotations
@@ -44,25 +46,36 @@ def plan(cfg, planned) -> list[Unit]:
     sampling = SamplingSettings.from_config(gen).as_dict()
     trust = cfg.teacher.model.trust_remote_code
     units: list[Unit] = []
-    for g in range(gen.generations):
-        teacher_key = artifacts.teacher_key(g)
-        shards = []
-        for k in range(gen.shards):
-            params = {"generation": g, "shard": k, "tokens": shard_tokens(gen.tokens, gen.shards, k),
-                      "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed, "trust_remote_code": trust}
-            if gen.prompt == "human":
-                params["prompt_tokens"] = gen.prompt_tokens
-            # The text does not depend on the batch size (counter-based sampling), so it is a setting. (On
-            # CUDA in bf16 it does beyond floating-point ties: see pipeline/lm/sampling.py's docstring.)
-            shards.append(Unit(NAME, shard_id(g, k), params, inputs=(teacher_key, PREPARE_KEY),
-                               settings={"batch_size": gen.batch_size}, multiprocess=True))
-        units += shards
-        corpus_params = {"generation": g, "heldout_fraction": gen.heldout_fraction, "tail_rank": gen.tail_rank,
-                         "seed": gen.seed, "sampling": {**sampling, "prompt": gen.prompt}}
-        units.append(Unit(NAME, artifacts.generation_id(g), corpus_params,
-                          inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key),
-                          settings={"num_proc": cfg.packing.num_proc}))
+    for r in range(cfg.teacher.replicates):
+        for g in range(gen.generations):
+            teacher_key, replicate = artifacts.teacher_key(g, r), artifacts.replicate_params(r)
+            shards = []
+            for k in range(gen.shards):
+                params = {"generation": g, "shard": k, "tokens": shard_tokens(gen.tokens, gen.shards, k),
+                          "sampling": sampling, "prompt": gen.prompt, "seed": gen.seed, "trust_remote_code": trust,
+                          **replicate}
+                if gen.prompt == "human":
+                    params["prompt_tokens"] = gen.prompt_tokens
+                # The text does not depend on the batch size (counter-based sampling), so it is a setting. (On
+                # CUDA in bf16 it does beyond floating-point ties: see pipeline/lm/sampling.py's docstring.)
+                shards.append(Unit(NAME, shard_id(g, k, r), params, inputs=(teacher_key, PREPARE_KEY),
+                                   settings={"batch_size": gen.batch_size}, multiprocess=True))
+            units += shards
+            corpus_params = {"generation": g, "heldout_fraction": gen.heldout_fraction, "tail_rank": gen.tail_rank,
+                             "seed": gen.seed, "sampling": {**sampling, "prompt": gen.prompt}, **replicate}
+            units.append(Unit(NAME, artifacts.generation_id(g, r), corpus_params,
+                              inputs=(*(s.key for s in shards), PREPARE_KEY, teacher_key),
+                              settings={"num_proc": cfg.packing.num_proc}))
     return units
+
+
+def sampling_seed(params: dict[str, Any]) -> int:
+    """Shard k of generation g samples from (generate.seed, g, k), and teacher replicate r >= 1 from (..., r)."""
+    from pipeline.lm.sampling import derive_seed
+
+    parts = (params["seed"], params["generation"], params["shard"])
+    replicate = artifacts.replicate_of(params)
+    return derive_seed(*parts, replicate) if replicate else derive_seed(*parts)
 
 
 def run(ctx) -> dict[str, Any]:
@@ -76,17 +89,16 @@ def run_shard(ctx) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     from pipeline.distributed import process_state
-    from pipeline.lm.sampling import PromptSampler, SamplingSettings, derive_seed, sample_documents, start_token_id
+    from pipeline.lm.sampling import PromptSampler, SamplingSettings, sample_documents, start_token_id
 
     params, state = ctx.params, process_state()
-    g, k = params["generation"], params["shard"]
-    model, tokenizer = artifacts.teacher_model(ctx.inputs[artifacts.teacher_key(g)], state.device,
-                                               params["trust_remote_code"])
+    teacher_key = artifacts.teacher_key(params["generation"], artifacts.replicate_of(params))
+    model, tokenizer = artifacts.teacher_model(ctx.inputs[teacher_key], state.device, params["trust_remote_code"])
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise UserError(f"{artifacts.teacher_key(g)}: its tokenizer has no EOS token; documents could not end")
+        raise UserError(f"{teacher_key}: its tokenizer has no EOS token; documents could not end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    seed = derive_seed(params["seed"], g, k)
+    seed = sampling_seed(params)
     if params["prompt"] == "human":  # TRAIN documents only: validation/test text never reaches the teacher
         prompts = PromptSampler(start_token_id(tokenizer), artifacts.documents(Path(ctx.inputs[PREPARE_KEY]), "train"),
                                 lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"],
@@ -181,10 +193,12 @@ def corpus_statistics(ctx, texts: list[str], prepare_dir: Path, tokenizer) -> di
 
     diagnostics = corpus_diagnostics(texts, artifacts.documents(prepare_dir, "train"), artifacts.documents(prepare_dir, "test"),
                                      tokenize, ctx.params["tail_rank"], distinct=distinct_via_evaluate())
-    test = ctx.manifest(artifacts.teacher_key(ctx.params["generation"]))["metrics"].get("test") or {}
+    teacher_key = artifacts.teacher_key(ctx.params["generation"], artifacts.replicate_of(ctx.params))
+    test = ctx.manifest(teacher_key)["metrics"].get("test") or {}
     diagnostics["synthetic"].update(teacher_test_loss=test.get("loss"), teacher_test_ppl=test.get("perplexity"),
                                     teacher_test_bpb=test.get("bits_per_byte"))
     diagnostics["generation"] = ctx.params["generation"]
+    diagnostics["teacher_replicate"] = artifacts.replicate_of(ctx.params)
     diagnostics["sampling"] = ctx.params["sampling"]
     return diagnostics
 

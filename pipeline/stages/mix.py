@@ -1,6 +1,7 @@
 """mix: human and synthetic blocks at exact, nested ratios (see pipeline/data/mixing.py).
 
-One unit per generation x synthetic fraction x budget, id `g{g}-p{p}-n{n}`, at runs/NAME/mix/ID/:
+One unit per generation x synthetic fraction x budget (x teacher replicate for p > 0, x mix.draws), id
+`g{g}-p{p}-n{n}` (see `unit_id` for replicates and draws), at runs/NAME/mix/ID/:
   blocks/   dataset with `input_ids`, `source` (0 human, 1 synthetic), `block` (row in its source)
 Inputs: `prepare/prepare` (human train blocks) and, unless p = 0, the generation's corpus unit
 `generate/g{g}`, whose `blocks/` holds synthetic text packed with the same tokenizer and block size.
@@ -22,10 +23,20 @@ from pipeline.unit import Unit
 
 NAME = "mix"
 VERSION = 1
+_DRAW_STREAM = 0x44524157  # separates mixture draws' seeds from other derived seeds
 
 
-def unit_id(generation: int, fraction: float, budget: int) -> str:
-    return f"g{generation}-p{fraction:g}-n{budget}"
+def unit_id(generation: int, fraction: float, budget: int, replicate: int = 0, draw: int = 0) -> str:
+    """gG-pP-nN, with -tR after gG for teacher replicate r >= 1 and -dD at the end for draw d >= 1."""
+    mixture = f"{artifacts.generation_id(generation, replicate)}-p{fraction:g}-n{budget}"
+    return mixture if draw == 0 else f"{mixture}-d{draw}"
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The block-order seed of mixture draw d: mix.seed itself for draw 0."""
+    from pipeline.lm.sampling import derive_seed
+
+    return seed if draw == 0 else derive_seed(seed, draw, _DRAW_STREAM) % 2**32
 
 
 def budget_key(mode: str) -> str:
@@ -37,16 +48,27 @@ def plan(cfg, planned) -> list[Unit]:
     mix = cfg.mix
     budgets = list(mix.token_budgets) if mix.mode == "replace" else [mix.human_budget]
     units = []
-    for generation in mix.generations:
-        for fraction in mix.synthetic_fractions:
-            for budget in budgets:
-                params = {"generation": generation, "fraction": fraction, "budget": budget, "mode": mix.mode,
-                          "seed": mix.seed, "block_size": cfg.packing.block_size}
-                # A p = 0 mixture reads no synthetic text: without the input, regenerating leaves it done.
-                inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, artifacts.corpus_key(generation))
-                units.append(Unit(NAME, unit_id(generation, fraction, budget), params, inputs))
+    for replicate in range(cfg.teacher.replicates):
+        for generation in mix.generations:
+            for fraction in mix.synthetic_fractions:
+                if fraction == 0 and replicate > 0:  # reads no synthetic text: one per draw, shared by teachers
+                    continue
+                units += _draws(cfg, generation, fraction, budgets, replicate)
     check_synthetic_supply(cfg, units)
     check_student_batches(cfg.train.training.batch_size, units)
+    return units
+
+
+def _draws(cfg, generation: int, fraction: float, budgets: list[int], replicate: int) -> list[Unit]:
+    mix, units = cfg.mix, []
+    for budget in budgets:
+        for draw in range(mix.draws):
+            params = {"generation": generation, "fraction": fraction, "budget": budget, "mode": mix.mode,
+                      "seed": draw_seed(mix.seed, draw), "block_size": cfg.packing.block_size,
+                      **artifacts.replicate_params(replicate), **({"draw": draw} if draw else {})}
+            # A p = 0 mixture reads no synthetic text: without the input, regenerating leaves it done.
+            inputs = (PREPARE_KEY,) if fraction == 0 else (PREPARE_KEY, artifacts.corpus_key(generation, replicate))
+            units.append(Unit(NAME, unit_id(generation, fraction, budget, replicate, draw), params, inputs))
     return units
 
 
@@ -108,7 +130,8 @@ def run(ctx) -> dict[str, Any]:
     block_size = artifacts.block_size(ctx.inputs[PREPARE_KEY])
     synthetic = None
     if params["fraction"] > 0:
-        synthetic_dir = Path(ctx.inputs[artifacts.corpus_key(params["generation"])]) / "blocks"
+        corpus = artifacts.corpus_key(params["generation"], artifacts.replicate_of(params))
+        synthetic_dir = Path(ctx.inputs[corpus]) / "blocks"
         synthetic = artifacts.blocks(synthetic_dir.parent, "blocks")
         _check_same_vocabulary(ctx, synthetic, synthetic_dir)
     stats = write_mixture(human, synthetic, params["fraction"], params["budget"], block_size,

@@ -31,7 +31,13 @@ def describe(cfg) -> dict[str, Any]:
             "sampling": {"temperature": cfg.generate.temperature, "top_p": cfg.generate.top_p,
                          "top_k": cfg.generate.top_k},
             "generations": cfg.generate.generations, "generate_mode": cfg.generate.mode,
-            "mix_mode": cfg.mix.mode, "seeds": list(cfg.train.seeds)}
+            "mix_mode": cfg.mix.mode, "seeds": list(cfg.train.seeds), **_replicates(cfg)}
+
+
+def _replicates(cfg) -> dict[str, int]:
+    """Teachers and mixture draws where there are several (a run without them describes itself as it always did)."""
+    counts = {"teachers": cfg.teacher.replicates, "draws": cfg.mix.draws}
+    return {key: count for key, count in counts.items() if count > 1}
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -95,7 +101,10 @@ def _setup(description: dict, rows: list[dict]) -> list[str]:
             + (f", {generations} teacher generations ({description.get('generate_mode')})" if generations > 1 else "")
             + f". Students {', '.join(sorted({r['student'] for r in rows}))} trained on `{description.get('mix_mode')}` "
             f"mixtures with synthetic fractions p ∈ {{{', '.join(f'{p:g}' for p in fractions)}}} and token budgets "
-            f"n ∈ {{{', '.join(f'{n:,}' for n in budgets)}}}, seeds {description.get('seeds')}; each evaluated on "
+            f"n ∈ {{{', '.join(f'{n:,}' for n in budgets)}}}, seeds {description.get('seeds')}"
+            + "".join(f", {description[key]} {word}" for key, word in (("teachers", "teachers"),
+                                                                        ("draws", "mixture draws")) if key in description)
+            + "; each evaluated on "
             "held-out human test text (loss in nats/token from the summed NLL over every test token).", ""]
 
 
@@ -109,6 +118,7 @@ def render(description: dict, fit: dict, rows: list[dict], diagnostics: dict, dr
     lines += report_text.linear_theory(fit)
     lines += report_text.collapse_gap(fit)
     lines += report_text.gaps_by_budget(fit)
+    lines += report_text.replicates(fit)
     lines += report_text.model_sizes(fit)
     lines += report_text.generations(fit)
     lines += report_text.excess_exponents(fit)

@@ -1,4 +1,5 @@
-"""teacher: the model that writes synthetic text; one unit per generation ("g0", "g1", ...).
+"""teacher: the model that writes synthetic text; one unit per generation ("g0", "g1", ...) and teacher
+replicate (teacher.replicates: "g0-t1", ...; each replicate is its own chain of generations).
 
 runs/NAME/teacher/gG/:
   model/      plain transformers checkpoint (safetensors, LoRA merged) + its tokenizer: what generate loads
@@ -32,6 +33,7 @@ VERSION = 2
 # first whole test documents whose tokens reach this many forward FLOPs (2 x parameters per token):
 # every test token of the 0.9M demo teacher, ~7k for SmolLM2-135M (seconds, not minutes). On a GPU: all.
 TEACHER_TEST_CPU_FLOPS = 2e12
+_REPLICATE_STREAM = 0x54454143  # separates teacher replicates' seeds from other derived seeds
 
 
 def training_corpora(generation: int, mode: str) -> list[int]:
@@ -41,23 +43,31 @@ def training_corpora(generation: int, mode: str) -> list[int]:
     return [generation - 1] if mode == "replace" else list(range(generation))
 
 
-def teacher_unit(cfg, generation: int) -> Unit:
+def teacher_seed(generation: int, replicate: int) -> int:
+    """Initialisation and data-order seed of teacher replicate r of generation g (replicate 0: g, as always)."""
+    from pipeline.lm.sampling import derive_seed
+
+    return generation if replicate == 0 else derive_seed(generation, replicate, _REPLICATE_STREAM) % 2**32
+
+
+def teacher_unit(cfg, generation: int, replicate: int = 0) -> Unit:
     t = cfg.teacher
-    params: dict[str, Any] = {"generation": generation, "seed": generation, "model": t.model.result_fields(),
-                              "checkpoint": t.model.checkpoint_identity()}
+    params: dict[str, Any] = {"generation": generation, "seed": teacher_seed(generation, replicate),
+                              "model": t.model.result_fields(), "checkpoint": t.model.checkpoint_identity(),
+                              **artifacts.replicate_params(replicate)}
     if t.trains:
         params["training"] = t.training.result_fields()
         params["human"] = generation == 0 or cfg.generate.mode == "accumulate"
         params["corpora"] = training_corpora(generation, cfg.generate.mode)
-    unit_id = artifacts.generation_id(generation)
+    unit_id = artifacts.generation_id(generation, replicate)
     settings = {"training": t.training.settings(), "eval_batch_size": cfg.evaluate.batch_size,
                 "run_info": {"project": cfg.name, "name": unit_key(NAME, unit_id)}}
-    inputs = (PREPARE_KEY, *(artifacts.corpus_key(k) for k in params.get("corpora", [])))
+    inputs = (PREPARE_KEY, *(artifacts.corpus_key(k, replicate) for k in params.get("corpora", [])))
     return Unit(NAME, unit_id, params, inputs=inputs, settings=settings, multiprocess=True, resumable=True)
 
 
 def plan(cfg, planned) -> list[Unit]:
-    return [teacher_unit(cfg, g) for g in range(cfg.generate.generations)]
+    return [teacher_unit(cfg, g, r) for r in range(cfg.teacher.replicates) for g in range(cfg.generate.generations)]
 
 
 # ---------------------------------------------------------------- run
@@ -148,7 +158,7 @@ def training_data(ctx, tokenizer, run_tokenizer, block_size: int):
 
     params = ctx.params
     prepare_dir = Path(ctx.inputs[PREPARE_KEY])
-    corpora = [Path(ctx.inputs[artifacts.corpus_key(k)]) for k in params["corpora"]]
+    corpora = [Path(ctx.inputs[artifacts.corpus_key(k, artifacts.replicate_of(params))]) for k in params["corpora"]]
     if not same_vocabulary(tokenizer, run_tokenizer):
         return _repacked(ctx, tokenizer, block_size, prepare_dir, corpora)
     train = ([artifacts.blocks(prepare_dir, "train")] if params["human"] else [])
