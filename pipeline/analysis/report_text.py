@@ -245,6 +245,21 @@ def replicates(fit: dict) -> list[str]:
     return lines + [""]
 
 
+def power(fit: dict) -> list[str]:
+    """For the smallest p of each curve: how many replicates a 2σ detection of its predicted gap needs."""
+    stated = {label: s["power"] for label, s in sorted(fit.get("students", {}).items())
+              if (s.get("power") or {}).get("stated")}
+    if not stated:
+        return []
+    lines = ["## Power at the smallest fraction", "", f"Method: {next(iter(stated.values()))['method']}.", "",
+             "| curve | p | predicted gap (source) | replicate sd | replicates now | sigmas now | replicates needed |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {v['fraction']:g} | {v['predicted_gap']:.2g} ({v['source']}) | {num(v['sd'])} | "
+              f"{v['replicates']} | {num(v['sigmas_now'], '.2g')} | {num(v['replicates_needed'], ',d')} |"
+              for label, v in stated.items()]
+    return lines + [""]
+
+
 def model_sizes(fit: dict) -> list[str]:
     sizes = fit.get("model_sizes") or {}
     if not sizes.get("compared"):

@@ -14,7 +14,8 @@ student (and one synthetic generation when the run mixes several). fit.json:
                       on the loss at the largest budget), GLS with the points' covariance (joint bootstrap draws of
                       the plateaus, or the seed spread), which one the points support (`theory_fit`);
                       findings: the papers' qualitative claims, holds true / false / null (not testable: "why");
-                      excess: with an exact entropy (builtin:reference-language), E_p minus it.
+                      excess: with an exact entropy (builtin:reference-language), E_p minus it;
+                      power: replicates per arm a 2σ detection of the smallest p's predicted gap needs (`power`).
   curve_of_unit       evaluate unit id -> CURVE (how the report groups rows).
   replicates          method: every fit above sees one row per independent unit of its cell (`replicates.METHOD`:
                       teachers, else mixture draws, else seeds); variance_components per CURVE (teacher, draw, seed).
@@ -34,7 +35,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, generations, prediction, replicates, theory_fit
+from pipeline.analysis import fitting, generations, power, prediction, replicates, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
@@ -117,12 +118,18 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
              "holdout": prediction.predict_heldout(rows, share=share),
              "theory": fit_theory(rows, curves, identified["identified"]),
              "findings": findings(rows, curves, identified)}
+    entry["power"] = power.smallest_fraction(entry["theory"], curves.get("noise"), _replicates_per_cell(rows))
     entropy = prediction.exact_entropy(rows)
     if entropy is not None:
         entry["excess"] = {"entropy": entropy, "plateaus": {
             p: {"E": v["E"] - entropy, "E_ci": v["E_ci"] and [v["E_ci"][0] - entropy, v["E_ci"][1] - entropy]}
             for p, v in curves["per_fraction"].items()}, "exponents": prediction.excess_exponents(rows)}
     return entry
+
+
+def _replicates_per_cell(rows: list[dict]) -> int:
+    """The fewest independent replicates any (p, n) cell has (what a difference of two cell means rests on)."""
+    return min(cell["seeds"] for cell in prediction.cell_means(rows).values())
 
 
 def mean_loss_table(rows: list[dict]) -> dict[str, dict[str, dict]]:

@@ -119,6 +119,7 @@ def render(description: dict, fit: dict, rows: list[dict], diagnostics: dict, dr
     lines += report_text.collapse_gap(fit)
     lines += report_text.gaps_by_budget(fit)
     lines += report_text.replicates(fit)
+    lines += report_text.power(fit)
     lines += report_text.model_sizes(fit)
     lines += report_text.generations(fit)
     lines += report_text.excess_exponents(fit)
