@@ -32,7 +32,12 @@ def test_at_the_stated_count_a_simulated_gap_sits_at_least_two_standard_errors_o
 
 def test_the_statement_uses_the_smallest_fraction_and_the_theory_form():
     theory = {"fitted": True, "points": {"0": 4.0, "0.5": 4.1, "0.05": 4.0, "1": 4.3}, "asymptotic": {"c2": 0.2}}
-    stated = power.smallest_fraction(theory, {"sd": 0.01}, replicates=2)
+    stated = power.smallest_fraction(theory, {"sd": 0.01, "dof": 4}, replicates=2)
     assert stated["fraction"] == 0.05 and stated["predicted_gap"] == pytest.approx(0.2 * 0.05**2)
     assert stated["replicates_needed"] == power.replicates_needed(0.0005, 0.01) == 3200
-    assert power.smallest_fraction({"fitted": False}, {"sd": 0.01}, 2)["stated"] is False
+    assert power.smallest_fraction({"fitted": False}, {"sd": 0.01, "dof": 4}, 2)["stated"] is False
+
+
+def test_the_spread_is_pooled_within_cells():
+    spread = power.pooled_spread([[1.0, 3.0], [10.0, 10.0, 13.0], [7.0]])
+    assert spread["dof"] == 3 and spread["sd"] == pytest.approx(((2 + 6) / 3) ** 0.5)

@@ -118,7 +118,7 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
              "holdout": prediction.predict_heldout(rows, share=share),
              "theory": fit_theory(rows, curves, identified["identified"]),
              "findings": findings(rows, curves, identified)}
-    entry["power"] = power.smallest_fraction(entry["theory"], curves.get("noise"), _replicates_per_cell(rows))
+    entry["power"] = power_at_largest_budget(rows, entry["theory"])
     entropy = prediction.exact_entropy(rows)
     if entropy is not None:
         entry["excess"] = {"entropy": entropy, "plateaus": {
@@ -127,9 +127,13 @@ def fit_curve(rows: list[dict], params: dict) -> dict[str, Any]:
     return entry
 
 
-def _replicates_per_cell(rows: list[dict]) -> int:
-    """The fewest independent replicates any (p, n) cell has (what a difference of two cell means rests on)."""
-    return min(cell["seeds"] for cell in prediction.cell_means(rows).values())
+def power_at_largest_budget(rows: list[dict], theory: dict) -> dict[str, Any]:
+    """`power.smallest_fraction` with the replicate spread and the fewest replicates of the largest budget's cells."""
+    cells = prediction.cell_means(rows)
+    budget = max(n for _, n in cells)
+    at_budget = [cell for (_, n), cell in cells.items() if n == budget]
+    spread = power.pooled_spread([cell["values"] for cell in at_budget])
+    return {**power.smallest_fraction(theory, spread, min(c["seeds"] for c in at_budget)), "budget": budget}
 
 
 def mean_loss_table(rows: list[dict]) -> dict[str, dict[str, dict]]:
