@@ -336,18 +336,19 @@ def excess_exponents(fit: dict) -> list[str]:
 
 
 def tails(fit: dict) -> list[str]:
+    """Tails per corpus (fitted β, top-p cut), the test mass each corpus misses with its theory, the clean exponent."""
+    from pipeline.analysis import tails_fit  # here, not at the top: the rest of this module formats only
+
     found = fit.get("tails") or {}
     if not found:
         return []
-    lines = ["## Tails", "", "| corpus | Zipf β human words | Zipf β synthetic words | top-p cutoff k (theory) | "
-             "plateau k^−(β−1) scale (theory) |", "|---|---|---|---|---|"]
+    lines = ["## Tails", "", "| corpus | Zipf β human words | Zipf β synthetic words | top-p cutoff k (theory, N = ∞) |",
+             "|---|---|---|---|"]
     for name, fits in sorted(found.items()):
         cut = fits.get("predicted_cutoff") or {}
         lines.append(f"| {name} | {num(fits.get('human', {}).get('beta'), '.3f')} | "
-                     f"{num(fits.get('synthetic', {}).get('beta'), '.3f')} | {cut.get('cutoff', cut.get('why', '–'))} | "
-                     f"{num(cut.get('plateau'), '.3g')} |")
-    return lines + ["", "Theory (A Tale of Tails): top-p sampling from a Zipf(β) law keeps about the first k ranks; "
-                    "a learner trained on the cut law stalls at the tail mass beyond k.", ""]
+                     f"{num(fits.get('synthetic', {}).get('beta'), '.3f')} | {cut.get('cutoff', cut.get('why', '–'))} |")
+    return lines + [""] + tails_fit.missing_mass_lines(fit) + tails_fit.clean_exponent_lines(fit)
 
 
 def figures_section(drawn: dict[str, Path], fit: dict) -> list[str]:

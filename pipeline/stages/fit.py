@@ -35,7 +35,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, generations, power, prediction, replicates, theory_fit
+from pipeline.analysis import fitting, generations, power, prediction, replicates, tails_fit, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.unit import Unit
@@ -312,8 +312,9 @@ def _generation_finding(trend: dict, generate_mode: str | None, margin: float | 
 
 
 def fit_tails(corpora: dict[str, Path], sampling: dict) -> dict[str, Any]:
-    """Zipf exponents of human vs synthetic word unigrams (generate diagnostics of each corpus, by unit id),
-    and the cut top-p implies."""
+    """Zipf exponents of human vs synthetic word unigrams (generate diagnostics of each corpus, by unit id), the
+    cut top-p implies, and (`tails_fit.corpus_tails`) the lexicon size, words per token, the human test mass the
+    corpus misses and the finite-support theory beside it."""
     tails = {}
     for corpus_id, corpus_dir in sorted(corpora.items()):
         diag = artifacts.corpus_diagnostics(corpus_dir)
@@ -325,6 +326,8 @@ def fit_tails(corpora: dict[str, Path], sampling: dict) -> dict[str, Any]:
                 fits["predicted_cutoff"] = fitting.predicted_tail_cutoff(fits["human"]["beta"], top_p=top_p)
             except ValueError as exc:  # beta <= 1: the Zipf formulas do not apply
                 fits["predicted_cutoff"] = {"why": str(exc)}
+        if "human" in fits:
+            fits.update(tails_fit.corpus_tails(diag, fits["human"]["beta"], sampling))
         if fits:
             tails[corpus_id] = fits
     return tails
