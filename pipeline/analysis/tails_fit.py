@@ -33,7 +33,7 @@ MISSING_MASS_METHOD = (
     "estimated from generate's diagnostics (no word identities reach fit): the human train rank frequencies as the "
     "test law; the test sample's size from the human side's test-type coverage (a size-matched train sample's); the "
     "synthetic corpus's test-type coverage read as its holding the m most frequent human types (head first: for m "
-    "types, the least mass it can miss)")
+    "types, the least mass it can miss); in brackets, the estimate at twice and half that test size")
 CUTOFF_METHOD = ("k = m, the human word types the synthetic corpus holds (as estimated above); with top-p < 1 also "
                  "the nucleus of the human words' Zipf(β) law over N words (top-p acts on the teacher's BPE tokens, "
                  "so that is the word law's analogue)")
