@@ -46,45 +46,6 @@ def test_missing_mass_of_a_corpus_cut_at_rank_k_is_the_test_mass_beyond_k():
         tails_fit.missing_test_mass({}, ranked)
 
 
-def _zipf_sample(probs, words, rng):
-    return Counter(rng.choice(probs.size, size=words, p=probs).tolist())
-
-
-def test_estimate_from_expected_coverages_recovers_the_test_size_and_the_missing_mass():
-    probs = tails.zipf_probabilities(1.3, 2000)
-    test_words, k = 15_000, 300  # the synthetic corpus holds exactly the 300 most frequent types (and non-words)
-    in_test = 1 - (1 - probs) ** test_words
-    human_coverage = tails_fit._coverage_by_sample(probs, test_words, 100_000)
-    estimate = tails_fit.estimate_missing_mass(1e6 * probs, 100_000, human_coverage, in_test[:k].sum() / in_test.sum())
-    assert estimate["test_words"] == pytest.approx(test_words, rel=1e-3)
-    assert estimate["covered_types"] == k
-    assert estimate["missing_mass"] == pytest.approx(tails.tail_mass(k, 1.3, 2000), rel=1e-6)
-    low, high = estimate["missing_mass_range"]
-    assert low < estimate["missing_mass"] < high
-
-
-def test_estimate_from_sampled_coverages_brackets_the_exact_missing_mass():
-    rng = np.random.default_rng(0)
-    probs = tails.zipf_probabilities(1.3, 2000)
-    train, test, matched = (_zipf_sample(probs, n, rng) for n in (300_000, 15_000, 100_000))
-    k = 300
-    human_coverage = len(set(test) & set(matched)) / len(test)
-    synthetic_coverage = sum(1 for t in test if t < k) / len(test)
-    exact = tails_fit.missing_test_mass(test, range(k))
-    estimate = tails_fit.estimate_missing_mass(sorted(train.values(), reverse=True), 100_000, human_coverage,
-                                               synthetic_coverage)
-    # The human coverage's sampling noise moves the solved test size by ~2x here (30,781 for 15,000 words); the
-    # range's upper end (at 15,390 words) then misses the test sample's own noise (0.0731 vs 0.0727 expected).
-    assert estimate["missing_mass"] == pytest.approx(exact, abs=0.02)
-    assert estimate["missing_mass_range"][0] <= exact <= estimate["missing_mass_range"][1] + 0.005
-
-
-def test_estimate_ends_full_and_empty_coverage():
-    counts = [1000 // r for r in range(1, 200)]
-    assert tails_fit.estimate_missing_mass(counts, 5000, 0.95, 1.0)["missing_mass"] == pytest.approx(0.0, abs=1e-12)
-    assert tails_fit.estimate_missing_mass(counts, 5000, 0.95, 0.0)["missing_mass"] == pytest.approx(1.0)
-
-
 def test_theory_tail_scales_as_k_to_the_minus_beta_minus_one():
     beta = 1.5
     small, large = tails_fit.theory_tail(1000, beta, 10**7), tails_fit.theory_tail(2000, beta, 10**7)
@@ -92,45 +53,57 @@ def test_theory_tail_scales_as_k_to_the_minus_beta_minus_one():
     assert large["tail_mass"] == pytest.approx(large["plateau_asymptotic"], rel=0.02)
 
 
-def _diagnostics(beta=1.3, support=2000, synthetic_coverage=0.5):
+def _diagnostics(beta=1.3, support=2000):
     counts = np.round(1e6 * tails.zipf_probabilities(beta, support)).astype(int)
-    return {"human": {"word_rank_frequency": counts.tolist(), "words": 100_000, "tokens": 130_000,
-                      "human_test_type_coverage": 0.98},
-            "synthetic": {"word_rank_frequency": counts[:300].tolist(), "words": 100_000, "tokens": 131_000,
-                          "human_test_type_coverage": synthetic_coverage}}
+    return {"human": {"word_rank_frequency": counts.tolist(), "words": 100_000, "tokens": 130_000},
+            "synthetic": {"word_rank_frequency": counts[:300].tolist(), "words": 100_000, "tokens": 131_000}}
 
 
-def test_fit_tails_keeps_its_entries_and_adds_the_finite_support_ones(tmp_path):
+def _words(support=2000, k=300):
+    """Human words w1..wN with Zipf(1.3) test counts; a synthetic corpus holding w1..wk and two non-words."""
+    probs = tails.zipf_probabilities(1.3, support)
+    test = Counter({f"w{r}": int(round(1e6 * p)) for r, p in enumerate(probs, start=1)})
+    return {"test": test, "train_types": set(test), "lexicon_size": support, "lexicon_size_source": "test",
+            "synthetic_types": {f"w{r}" for r in range(1, k + 1)} | {"zork", "blib"}}
+
+
+def test_fit_tails_keeps_its_entries_and_adds_the_finite_support_ones(tmp_path, monkeypatch):
     (tmp_path / "g0").mkdir()
     (tmp_path / "g0" / "diagnostics.json").write_text(json.dumps(_diagnostics()))
-    entry = fit_tails({"g0": tmp_path / "g0"}, {"temperature": 1.0, "top_p": 0.9})["g0"]
+    (tmp_path / "g0" / "text.jsonl").write_text("".join(json.dumps({"text": text, "heldout": held}) + "\n" for text, held
+                                                       in [("w1 w2 w3 zork", False), ("w4 w5", True)]))
+    human = {k: v for k, v in _words().items() if k != "synthetic_types"}
+    monkeypatch.setattr("pipeline.stages.fit.human_words", lambda prepare_dir: human)
+    entry = fit_tails({"g0": tmp_path / "g0"}, {"temperature": 1.0, "top_p": 0.9}, tmp_path / "prepare")["g0"]
     assert {"human", "synthetic", "predicted_cutoff"} <= set(entry)  # the existing entries
     assert entry["lexicon_size"] == 2000
     assert entry["words_per_token"]["human"] == pytest.approx(100_000 / 130_000)
-    assert 0 < entry["missing"]["missing_mass"] < 1
+    # the corpus's training text holds w1..w3 (w4, w5 are in a held-out document): it misses all but their mass
+    assert entry["missing"]["covered_types"] == 3
+    assert entry["missing"]["missing_mass"] == pytest.approx(tails.tail_mass(3, 1.3, 2000), rel=1e-4)
     top = entry["theory"]["top_p"]
     assert top["cutoff"] == tails.top_p_cutoff(0.9, entry["human"]["beta"], 2000)
     # A perfect teacher's 10^5 words cover the nucleus: it misses about the mass beyond the top-p cut.
     assert entry["perfect_teacher"]["missing_mass"] == pytest.approx(top["tail_mass"], rel=0.05)
 
 
+def test_missing_mass_of_a_corpus_holding_the_head_is_the_tail_beyond_it():
+    entry = tails_fit.corpus_tails(_diagnostics(), 1.3, {"temperature": 1.0, "top_p": 1.0}, _words(k=300))
+    assert entry["missing"]["covered_types"] == 300
+    assert entry["missing"]["missing_mass"] == pytest.approx(entry["theory"]["coverage"]["tail_mass"], rel=1e-4)
+
+
 def test_temperature_below_one_makes_a_perfect_teachers_sample_miss_more():
     diag = _diagnostics()
-    full = tails_fit.corpus_tails(diag, 1.3, {"temperature": 1.0, "top_p": 1.0})
-    cold = tails_fit.corpus_tails(diag, 1.3, {"temperature": 0.8, "top_p": 1.0})
+    full = tails_fit.corpus_tails(diag, 1.3, {"temperature": 1.0, "top_p": 1.0}, _words())
+    cold = tails_fit.corpus_tails(diag, 1.3, {"temperature": 0.8, "top_p": 1.0}, _words())
     assert cold["perfect_teacher"]["missing_mass"] > full["perfect_teacher"]["missing_mass"]
     assert "top_p" not in full["theory"]
 
 
-def test_corpus_tails_says_why_without_coverages():
-    diag = _diagnostics()
-    del diag["synthetic"]["human_test_type_coverage"]
-    assert "why" in tails_fit.corpus_tails(diag, 1.3, {})["missing"]
-
-
 def test_report_prints_missing_mass_gap_and_finite_support_exponent():
     entry = {"human": {"beta": 1.3}, "synthetic": {"beta": 1.6},
-             **tails_fit.corpus_tails(_diagnostics(), 1.3, {"top_p": 0.9})}
+             **tails_fit.corpus_tails(_diagnostics(), 1.3, {"top_p": 0.9}, _words())}
     student = {"generation": 0, "budgets": [10_000, 40_000, 160_000],
                "measured_gaps": {"1": {"gap": 0.069, "budget": 160_000}},
                "excess": {"exponents": {"0": {"exponent": 0.121}, "1": {"exponent": 0.109}}}}

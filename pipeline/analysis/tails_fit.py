@@ -10,11 +10,9 @@ Two comparisons the fit stage makes per synthetic corpus, and the report prints:
    the synthetic corpus (their mass is out of reach of a learner of that corpus), next to the theory's tail
    mass beyond the corpus's cut k, Σ_{i>k} p_i ∝ k^−(β−1).
 
-What fit can read is the corpus units' diagnostics.json (generate's; pipeline/lm/diagnostics.py): anonymous
-rank-frequency counts, human test word-type coverage and sizes. The lexicon size is taken as the number of
-human train word types (a lower bound: types the train split never drew are missing, of mass ~ N·p_N). The
-missing mass is estimated from the coverages (`estimate_missing_mass`); `missing_test_mass` computes it
-exactly where the words themselves are at hand (tests, and a check against prepare's test split).
+The fit stage counts the words (pipeline/lm/diagnostics.py `words`) of prepare's test and train splits and of each
+corpus's training text, so the missing mass is exact (`missing_test_mass`); the lexicon size N is the reference
+language's where the corpus is one, else the number of human train word types (a lower bound).
 """
 
 from __future__ import annotations
@@ -24,17 +22,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
 
 from pipeline.theory import tails
 
 _LOG_STEP = 0.01  # central difference step in ln T: the error, O(step²) relative, is far below any fit's interval
-MISSING_MASS_METHOD = (
-    "estimated from generate's diagnostics (no word identities reach fit): the human train rank frequencies as the "
-    "test law; the test sample's size from the human side's test-type coverage (a size-matched train sample's); the "
-    "synthetic corpus's test-type coverage read as its holding the m most frequent human types (head first: for m "
-    "types, the least mass it can miss); in brackets, the estimate at twice and half that test size")
-CUTOFF_METHOD = ("k = m, the human word types the synthetic corpus holds (as estimated above); with top-p < 1 also "
+MISSING_MASS_METHOD = ("the token-weighted share of the human test split's words whose type never occurs in the "
+                       "synthetic corpus's training text (its held-out documents excluded), counted word by word")
+CUTOFF_METHOD = ("k = the human train word types the synthetic corpus holds; with top-p < 1 also "
                  "the nucleus of the human words' Zipf(β) law over N words (top-p acts on the teacher's BPE tokens, "
                  "so that is the word law's analogue)")
 PERFECT_TEACHER_METHOD = ("a teacher that samples the human Zipf(β) word law exactly (cut at the top-p nucleus, "
@@ -80,66 +74,6 @@ def missing_test_mass(test_word_counts: Mapping[str, int], synthetic_types: Iter
     return sum(c for word, c in test_word_counts.items() if word not in seen) / total
 
 
-def _seen_probability(probs: np.ndarray, draws: float) -> np.ndarray:
-    """P(a type of probability p occurs in `draws` i.i.d. draws) = 1 − (1 − p)^draws, accurate for small p."""
-    return -np.expm1(draws * np.log1p(-np.minimum(probs, 1.0 - 1e-16)))
-
-
-def _coverage_by_sample(probs: np.ndarray, test_words: float, sample_words: float) -> float:
-    """Expected share of a test sample's types that an independent sample of `sample_words` also holds."""
-    in_test = _seen_probability(probs, test_words)
-    return float(np.sum(in_test * _seen_probability(probs, sample_words)) / np.sum(in_test))
-
-
-def estimate_test_words(probs: np.ndarray, sample_words: float, coverage: float) -> tuple[float, str]:
-    """The test sample's word count at which a `sample_words` sample covers `coverage` of its types (and how).
-
-    The coverage falls as the test sample grows (a bigger one holds rarer types); outside the range it can take,
-    the nearest end of [1, 10^9] words is returned, and the note says so.
-    """
-    def gap(log_words):
-        return _coverage_by_sample(probs, math.exp(log_words), sample_words) - coverage
-
-    low, high = 0.0, math.log(1e9)
-    if gap(low) <= 0:
-        return 1.0, "coverage at or above that of a one-word test sample: set to 1 word"
-    if gap(high) >= 0:
-        return 1e9, "coverage at or below that of a 10^9-word test sample: set to 10^9 words"
-    return math.exp(brentq(gap, low, high, xtol=1e-6)), "solved from the human side's test-type coverage"
-
-
-def estimate_missing_mass(human_rank_frequency: Sequence[int], human_sample_words: float, human_coverage: float,
-                          synthetic_coverage: float) -> dict[str, Any]:
-    """Test mass of the human word types a synthetic corpus lacks, from anonymous diagnostics (see MISSING_MASS_METHOD).
-
-    human_rank_frequency: human train word counts by rank; human_sample_words and human_coverage: the size-matched
-    human sample's word count and its test-type coverage; synthetic_coverage: the synthetic corpus's. Returns
-    missing_mass = Σ_{r>m} p̂_r, covered_types m, test_words (the test sample's estimated size) and
-    missing_mass_range (the estimate at twice and half that size).
-    """
-    counts = np.sort(np.asarray(human_rank_frequency, dtype=float))[::-1]
-    counts = counts[counts > 0]
-    if counts.size == 0 or not 0.0 <= synthetic_coverage <= 1.0 or not 0.0 < human_coverage <= 1.0:
-        raise ValueError("needs human counts and coverages in [0, 1]")
-    probs = counts / counts.sum()
-    test_words, how = estimate_test_words(probs, human_sample_words, human_coverage)
-    covered = _head_types(probs, test_words, synthetic_coverage)
-    # The coverage curve is flat in the test size (a factor 2 moves it by about its sampling noise over ~10^3
-    # types), so the range gives the estimate at half and twice the solved size.
-    bounds = [float(probs[_head_types(probs, test_words * f, synthetic_coverage):].sum()) for f in (2.0, 0.5)]
-    return {"missing_mass": float(probs[covered:].sum()), "missing_mass_range": bounds, "covered_types": covered,
-            "test_words": test_words, "test_words_how": how}
-
-
-def _head_types(probs: np.ndarray, test_words: float, synthetic_coverage: float) -> int:
-    """The m whose ranks 1..m hold the share `synthetic_coverage` of a `test_words` sample's expected types."""
-    if synthetic_coverage <= 0:
-        return 0
-    in_test = _seen_probability(probs, test_words)
-    covered_share = np.cumsum(in_test) / in_test.sum()  # share of test types among ranks 1..m, m = 1..R
-    return min(int(np.searchsorted(covered_share, synthetic_coverage - 1e-12)) + 1, probs.size)
-
-
 def theory_tail(cutoff: int, beta: float, support: int) -> dict[str, Any]:
     """Σ_{i>k} p_i at the finite support, and its large-k form k^−(β−1)/((β−1)ζ(β))."""
     k = max(1, min(int(cutoff), int(support)))
@@ -152,26 +86,27 @@ def _words_per_token(side: Mapping[str, Any]) -> float | None:
     return words / tokens if words and tokens else None
 
 
-def corpus_tails(diag: Mapping[str, Any], human_beta: float, sampling: Mapping[str, Any]) -> dict[str, Any]:
-    """The new fit.json tails entries of one corpus from its diagnostics.json (see the module docstring).
+def corpus_tails(diag: Mapping[str, Any], human_beta: float, sampling: Mapping[str, Any],
+                 words: Mapping[str, Any]) -> dict[str, Any]:
+    """The new fit.json tails entries of one corpus (see the module docstring).
 
-    lexicon_size, words_per_token (human, synthetic), missing_mass (estimate_missing_mass), cutoffs and theory
-    tail masses, perfect_teacher (PERFECT_TEACHER_METHOD); a {"why"} where an input is missing or β <= 1.
+    words: {"test": Counter of the human test split's words, "train_types": set of the human train split's word
+    types, "synthetic_types": set of the corpus's training-text word types, "lexicon_size": N (the reference
+    language's, else the number of human train types) and "lexicon_size_source"}.
+    Returns lexicon_size, words_per_token (human, synthetic), missing (exact), theory tail masses at the cutoffs,
+    perfect_teacher (PERFECT_TEACHER_METHOD); a {"why"} where β <= 1 or a top-p the support cannot reach.
     """
     human, synthetic = diag.get("human") or {}, diag.get("synthetic") or {}
-    ranks = human.get("word_rank_frequency") or []
-    entry: dict[str, Any] = {"lexicon_size": len(ranks) or None, "lexicon_size_source": "human train word types",
+    support = int(words["lexicon_size"])
+    entry: dict[str, Any] = {"lexicon_size": support, "lexicon_size_source": words["lexicon_size_source"],
                              "words_per_token": {"human": _words_per_token(human),
                                                  "synthetic": _words_per_token(synthetic)}}
-    coverages = (human.get("human_test_type_coverage"), synthetic.get("human_test_type_coverage"))
-    if not ranks or None in coverages or not human.get("words"):
-        entry["missing"] = {"why": "diagnostics lack the human rank frequencies, words or test-type coverages"}
-        return entry
-    support = len(ranks)
-    missing = estimate_missing_mass(ranks, human["words"], *coverages)
-    entry["missing"] = {**missing, "method": MISSING_MASS_METHOD}
+    covered = len(words["train_types"] & words["synthetic_types"])
+    entry["missing"] = {"missing_mass": missing_test_mass(words["test"], words["synthetic_types"]),
+                        "covered_types": covered, "test_words": int(sum(words["test"].values())),
+                        "method": MISSING_MASS_METHOD}
     try:
-        cutoffs = {"coverage": max(1, missing["covered_types"])}
+        cutoffs = {"coverage": max(1, covered)}
         top_p = sampling.get("top_p")
         if top_p is not None and top_p < 1:
             cutoffs["top_p"] = tails.top_p_cutoff(top_p, human_beta, support)
@@ -228,9 +163,7 @@ def missing_mass_lines(fit: Mapping[str, Any]) -> list[str]:
     for name, t in found.items():
         theory, perfect = t.get("theory") or {}, t.get("perfect_teacher") or {}
         cov, top = theory.get("coverage") or {}, theory.get("top_p") or {}
-        bounds = t["missing"].get("missing_mass_range") or [None, None]
-        lines.append(f"| {name} | {_shown(t['missing'].get('missing_mass'), '.4f')} ({_shown(bounds[0], '.4f')} – "
-                     f"{_shown(bounds[1], '.4f')}) | {_shown(cov.get('cutoff'), 'd')} "
+        lines.append(f"| {name} | {_shown(t['missing'].get('missing_mass'), '.4f')} | {_shown(cov.get('cutoff'), 'd')} "
                      f"| {_shown(cov.get('tail_mass'), '.4f')} | {_shown(top.get('cutoff'), 'd')} | "
                      f"{_shown(top.get('tail_mass'), '.4f')} | {_shown(perfect.get('missing_mass'), '.4f')} | "
                      f"{_p1_gaps(fit, name)} |")
@@ -264,5 +197,5 @@ def clean_exponent_lines(fit: Mapping[str, Any]) -> list[str]:
                      f"{fitted['infinite_support']:.3f} | {_shown(measured.get('0', {}).get('exponent'), '.3f')} | "
                      f"{_shown(measured.get('1', {}).get('exponent'), '.3f')} |")
     return lines + ["", f"Clean exponent at finite support: −d log E/d log T of E(T) = Σ_i p_i(1 − p_i)^T for "
-                    f"Zipf(β = {beta:.3f}, the human words' fit) over N = {support} words (the human train word "
-                    f"types), at the budgets' word counts ({how}); 'fitted': the least-squares line through them.", ""]
+                    f"Zipf(β = {beta:.3f}, the human words' fit) over N = {support} words "
+                    f"({tail.get('lexicon_size_source', 'lexicon')}), at the budgets' word counts ({how}); 'fitted': the least-squares line through them.", ""]

@@ -38,14 +38,16 @@ from typing import Any
 from pipeline.analysis import fitting, generations, power, prediction, replicates, tails_fit, theory_fit
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
+from pipeline.stages.artifacts import PREPARE_KEY
 from pipeline.unit import Unit
 
 NAME = "fit"
-VERSION = 5
+VERSION = 6
 
 
 def plan(cfg, planned) -> list[Unit]:
-    inputs = tuple(u.key for u in planned.units("evaluate")) + artifacts.corpus_keys(planned)
+    # prepare: the human test and train words the tails' missing mass is counted against
+    inputs = (PREPARE_KEY, *(u.key for u in planned.units("evaluate")), *artifacts.corpus_keys(planned))
     params = {"fit": cfg.fit.model_dump(mode="json"), "generate_mode": cfg.generate.mode,
               "sampling": {"temperature": cfg.generate.temperature, "top_p": cfg.generate.top_p,
                            "top_k": cfg.generate.top_k}}
@@ -83,7 +85,7 @@ def run(ctx) -> dict[str, Any]:
         "collapse_gap": collapse_gap(students),
         "model_sizes": compare_sizes(students),
         "generations": generation_trends(rows, ctx.params.get("generate_mode"), params.get("accumulate_margin")),
-        "tails": fit_tails(ctx.inputs_of("generate"), ctx.params.get("sampling") or {}),
+        "tails": fit_tails(ctx.inputs_of("generate"), ctx.params.get("sampling") or {}, ctx.inputs.get(PREPARE_KEY)),
         "reference_language": prediction.exact_entropy(rows) is not None,
         "n_rows": len(rows),
         "left_out": left_out,
@@ -311,11 +313,34 @@ def _generation_finding(trend: dict, generate_mode: str | None, margin: float | 
     return {"holds": None, "why": "the teacher's generate mode is not known to this fit (params generate_mode)"}
 
 
-def fit_tails(corpora: dict[str, Path], sampling: dict) -> dict[str, Any]:
+def human_words(prepare_dir: Path) -> dict[str, Any]:
+    """The human test split's word counts and train split's word types, and the lexicon size N (`tails_fit`)."""
+    from collections import Counter
+
+    from pipeline.lm.diagnostics import words
+
+    test = Counter(w for doc in artifacts.documents(prepare_dir, "test") for w in words(doc))
+    train_types = {w for doc in artifacts.documents(prepare_dir, "train") for w in words(doc)}
+    reference = artifacts.reference_parameters(prepare_dir)
+    if reference and reference.get("lexicon_size"):
+        return {"test": test, "train_types": train_types, "lexicon_size": int(reference["lexicon_size"]),
+                "lexicon_size_source": "the reference language's lexicon"}
+    return {"test": test, "train_types": train_types, "lexicon_size": len(train_types),
+            "lexicon_size_source": "human train word types (a lower bound)"}
+
+
+def synthetic_types(corpus_dir: Path) -> set[str]:
+    """Word types of a corpus's training text (its held-out documents left out: no student trains on them)."""
+    from pipeline.lm.diagnostics import words
+
+    return {w for text in artifacts.corpus_documents(corpus_dir, heldout=False) for w in words(text)}
+
+
+def fit_tails(corpora: dict[str, Path], sampling: dict, prepare_dir: Path | None) -> dict[str, Any]:
     """Zipf exponents of human vs synthetic word unigrams (generate diagnostics of each corpus, by unit id), the
     cut top-p implies, and (`tails_fit.corpus_tails`) the lexicon size, words per token, the human test mass the
     corpus misses and the finite-support theory beside it."""
-    tails = {}
+    tails, human = {}, human_words(Path(prepare_dir)) if corpora else None
     for corpus_id, corpus_dir in sorted(corpora.items()):
         diag = artifacts.corpus_diagnostics(corpus_dir)
         fits = {side: fitting.fit_tail_model(diag[side]["word_rank_frequency"])
@@ -327,7 +352,8 @@ def fit_tails(corpora: dict[str, Path], sampling: dict) -> dict[str, Any]:
             except ValueError as exc:  # beta <= 1: the Zipf formulas do not apply
                 fits["predicted_cutoff"] = {"why": str(exc)}
         if "human" in fits:
-            fits.update(tails_fit.corpus_tails(diag, fits["human"]["beta"], sampling))
+            words = {**human, "synthetic_types": synthetic_types(corpus_dir)}
+            fits.update(tails_fit.corpus_tails(diag, fits["human"]["beta"], sampling, words))
         if fits:
             tails[corpus_id] = fits
     return tails
