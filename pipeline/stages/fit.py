@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.analysis import fitting, generations, power, prediction, replicates, tails_fit, theory_fit
+from pipeline.data.sources import REFERENCE_LANGUAGE
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
 from pipeline.stages.artifacts import PREPARE_KEY
@@ -321,8 +322,9 @@ def human_words(prepare_dir: Path) -> dict[str, Any]:
 
     test = Counter(w for doc in artifacts.documents(prepare_dir, "test") for w in words(doc))
     train_types = {w for doc in artifacts.documents(prepare_dir, "train") for w in words(doc)}
-    reference = artifacts.reference_parameters(prepare_dir)
-    if reference and reference.get("lexicon_size"):
+    corpus = artifacts.manifest(prepare_dir)["params"]["corpus"]
+    if corpus.get("source") == REFERENCE_LANGUAGE:
+        reference = artifacts.reference_parameters(prepare_dir)
         return {"test": test, "train_types": train_types, "lexicon_size": int(reference["lexicon_size"]),
                 "lexicon_size_source": "the reference language's lexicon"}
     return {"test": test, "train_types": train_types, "lexicon_size": len(train_types),
