@@ -254,6 +254,11 @@ def test_plan_shows_the_units_downstream_of_a_damaged_unit_as_redone(tmp_path, c
     assert [k for k, v in states.items() if v == "done"] == [k for k in TOY_UNITS if not k.endswith("p0.5-n100")]
     assert "train: 4 units (3 done, 1 to run)" in out
     assert snapshot(tmp_path / "runs") == before, "plan writes nothing"
+    rc, out, err = cli(capsys, "status", str(run_dir))
+    assert rc == 0, err
+    rows = [line.split()[1] for line in out.splitlines() if line.strip().startswith("p0.5-n100")]
+    assert rows == ["damaged", "redo"] and "== train: 3/4 done" in out and "== mix: 3/4 done" in out, out  # mix, train
+    assert snapshot(tmp_path / "runs") == before, "status writes nothing"
     count = len(ledger(tmp_path))
     assert toy_run(tmp_path, capsys)[0] == 0
     assert sorted(ledger(tmp_path)[count:]) == ["mix/p0.5-n100", "train/p0.5-n100"], "run redoes what plan said"

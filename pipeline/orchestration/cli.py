@@ -152,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.orchestration.status import planned_state
     from pipeline.orchestration.sweep import mark_damaged
 
     cfg, executor = _load(args)
@@ -159,18 +160,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"run dir: {cfg.run_dir}")
     for stage in STAGES:
         units = executor.planned.units(stage)
-        states = [_planned_state(executor, u) for u in units]
+        states = [planned_state(executor, u) for u in units]
         print(f"\n{stage}: {len(units)} units ({states.count('done')} done, {len(units) - states.count('done')} to run)")
         for unit, state in zip(units, states):
             fp = executor.planned.fingerprints[unit.key][:12]
             print(f"  {unit.id:<44} {fp}  {state}")
     return 0
-
-
-def _planned_state(executor, unit) -> str:
-    """A unit's state as `collapse run` treats it: a done unit downstream of a damaged one is redone."""
-    state = executor.state(unit)
-    return "redo" if state == "done" and executor.must_run(unit) else state
 
 
 def cmd_status(args: argparse.Namespace) -> int:

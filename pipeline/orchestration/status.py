@@ -27,10 +27,17 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def planned_state(executor: Executor, unit) -> str:
+    """A unit's state as `collapse run` treats it: a done unit downstream of a damaged one is redone (after
+    sweep.mark_damaged has scheduled it), so plan and status never call it done."""
+    state = executor.state(unit)
+    return "redo" if state == "done" and executor.must_run(unit) else state
+
+
 def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[str, str]) -> list[list[str]]:
     rows = []
     for unit in executor.planned.units(stage):
-        state = executor.state(unit)
+        state = planned_state(executor, unit)
         detail = ""
         if state == "done":
             detail = key_metrics((executor.run_dir.manifest(unit) or {}).get("metrics", {}))
@@ -45,7 +52,10 @@ def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[st
 def print_status(cfg: Config, executor: Executor) -> None:
     from pipeline.orchestration.launchers import scheduler_states
 
+    from pipeline.orchestration.sweep import mark_damaged
+
     slurm_states = scheduler_states(cfg, executor)
+    mark_damaged(executor, list(executor.planned))  # a unit that read a damaged one is not done: status says redo
     print(f"run: {cfg.run_dir}")
     for stage in STAGES:
         rows = unit_rows(cfg, executor, stage, slurm_states)
