@@ -104,3 +104,15 @@ def test_start_up_sets_reproducible_mkl_unless_the_user_chose_and_children_inher
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]), churn="--churn" in sys.argv, startup="--no-startup" not in sys.argv)
+
+
+def test_start_up_fixes_the_thread_count_as_mkl_reproducibility_requires_unless_the_user_chose():
+    """MKL's reproducibility conditions: MKL_DYNAMIC and OMP_DYNAMIC FALSE (else MKL may use fewer threads when busy)."""
+    code = ("from pipeline.orchestration import cpu_startup as c; c.start_up(); import os; "
+            "print(os.environ['MKL_DYNAMIC'], os.environ['OMP_DYNAMIC'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DYNAMIC", "OMP_DYNAMIC", "MKL_CBWR")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["FALSE", "FALSE"]
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "MKL_DYNAMIC": "TRUE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["TRUE", "FALSE"]

@@ -116,13 +116,18 @@ def enable_fast_mkl_on_amd() -> str:
 
 
 def reproducible_mkl() -> str:
-    """MKL_CBWR=AUTO,STRICT unless set; before torch is imported (MKL reads it once, at its first call).
+    """MKL_CBWR=AUTO,STRICT and MKL_DYNAMIC=OMP_DYNAMIC=FALSE unless set; before torch is imported (MKL reads
+    them once, at its first call).
 
     COLLAPSE_MKL_CBWR=0 leaves MKL in its default mode, whose kernels may depend on buffer alignment
     (rounding differs at the 1e-7 level, which a few hundred optimizer steps amplify to ~1e-3 in loss).
     """
     if os.environ.get("COLLAPSE_MKL_CBWR", "1") == "0":
         return "MKL default mode (COLLAPSE_MKL_CBWR=0)"
+    # MKL's reproducibility conditions also ask for a fixed thread count: with MKL_DYNAMIC (default TRUE) MKL may
+    # run fewer threads than asked when the machine is busy, and only gemm-like routines are thread-invariant.
+    for name in ("MKL_DYNAMIC", "OMP_DYNAMIC"):
+        os.environ.setdefault(name, "FALSE")
     if os.environ.get("MKL_CBWR"):
         return f"MKL_CBWR={os.environ['MKL_CBWR']} (set by the user)"
     os.environ["MKL_CBWR"] = CBWR  # inherited by every child process
