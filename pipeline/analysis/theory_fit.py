@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import norm
 from scipy.stats import t as t_distribution
 
+from pipeline.analysis.power import pooled_spread
 from pipeline.theory import linear
 
 ASYMPTOTIC = "E_p - E_0 = p^2 c2 (n -> infinity)"
@@ -82,10 +83,10 @@ def gap_covariance_from_seeds(values_by_fraction) -> dict | None:
     values = {float(p): np.asarray(v, dtype=float) for p, v in dict(values_by_fraction).items()}
     if 0.0 not in values:
         raise ValueError("values_by_fraction must contain the clean fraction 0")
-    dof = sum(v.size - 1 for v in values.values())
-    pooled = sum(float(np.sum((v - v.mean()) ** 2)) for v in values.values()) / dof if dof else 0.0
-    if pooled <= 0:
+    spread = pooled_spread(list(values.values()))
+    if spread is None or spread["sd"] <= 0:
         return None
+    pooled, dof = spread["sd"] ** 2, spread["dof"]
     counts = np.array([values[p].size for p in sorted(values) if p > 0])
     matrix = pooled * (np.diag(1 / counts) + 1 / values[0.0].size)
     return {"matrix": matrix, "dof": dof, "source": f"seed spread pooled over cells ({dof} degrees of freedom)"}
