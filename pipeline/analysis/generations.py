@@ -19,6 +19,8 @@ from collections import defaultdict
 import numpy as np
 from scipy.stats import t as t_distribution
 
+from pipeline.analysis.intervals import t_bounds
+
 METHOD = ("least squares on the per-generation means (the seeds of a generation share its teacher), t-intervals "
           "on G - 2 degrees of freedom")
 
@@ -53,13 +55,8 @@ def generation_trend(rows: list[dict]) -> dict:
              "r2": 1 - float(np.sum(residual**2)) / total if dof > 0 and total > 0 else None}
     if dof > 0:
         se = float(np.sqrt(np.sum(residual**2) / dof / np.sum((x - x.mean()) ** 2)))
-        trend.update(slope_se=se, slope_ci=_interval(slope, se, dof, 0.95), slope_ci90=_interval(slope, se, dof, 0.90))
+        trend.update(slope_se=se, slope_ci=t_bounds(slope, se, dof, 0.95), slope_ci90=t_bounds(slope, se, dof, 0.90))
     return trend
-
-
-def _interval(slope: float, se: float, dof: int, level: float) -> list[float]:
-    half = float(t_distribution.ppf(0.5 + level / 2, dof)) * se
-    return [float(slope - half), float(slope + half)]
 
 
 def growth(trend: dict) -> dict:

@@ -39,6 +39,12 @@ def t_interval(estimate: float, combination: dict | None) -> list[float] | None:
     return [float(estimate - combination["half_width"]), float(estimate + combination["half_width"])]
 
 
+def t_bounds(estimate: float, se: float, dof: float, level: float = CONFIDENCE) -> list[float]:
+    """Two-sided t-interval at `level` around an estimate with standard error se on dof degrees of freedom."""
+    half = float(stdtrit(dof, 0.5 + level / 2)) * se
+    return [float(estimate - half), float(estimate + half)]
+
+
 def p_above_zero(estimate: float, combination: dict | None) -> float | None:
     """One-sided p-value of "the true value is <= 0" given the estimate and its t distribution."""
     if combination is None:
