@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import re
 import shutil
@@ -30,6 +29,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
 import pytest
 
+from hardening_cli import (  # noqa: F401  (isolated: the autouse fixture; toy: the toy stages)
+    DISK_MESSAGES,
+    TOY_UNITS,
+    _close_run_logs,
+    assert_nothing_written,
+    cli,
+    finished_toy,
+    isolated,
+    ledger,
+    status_of,
+    toy,
+    toy_run,
+    undamaged_toy,
+)
 from hardening_helpers import (
     REPO,
     FaultyDisk,
@@ -46,98 +59,9 @@ from hardening_helpers import (
     tiny_args,
     toy_cli_process,
     toy_config,
-    use_toy_stages,
     wait_for,
 )
 from pipeline.errors import ExitCode, UserError
-from pipeline.orchestration.cli import main
-
-TOY_UNITS = ["prepare/prepare"] + [f"{s}/p{p}-n{n}" for s in ("mix", "train") for p in ("0.0", "0.5") for n in (100, 200)]
-
-
-# ---------------------------------------------------------------- fixtures and small helpers
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TOY_LEDGER", str(tmp_path / "ledger.txt"))
-    monkeypatch.setenv("COLLAPSE_CACHE", str(tmp_path / "cache"))
-    for var in ("TOY_SLOW_UNIT", "TOY_FAIL_UNIT", "TOY_SLOW_MARK", "TOY_SLOW_SECONDS"):
-        monkeypatch.delenv(var, raising=False)
-    yield
-    _close_run_logs()
-
-
-@pytest.fixture
-def toy(monkeypatch):
-    use_toy_stages(monkeypatch)
-
-
-def _close_run_logs() -> None:
-    """cmd_run leaves its runs/NAME/logs/collapse.log handler open; close it (mounts must unmount)."""
-    root = logging.getLogger("collapse")
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-            handler.close()
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        rc = exc.code
-    finally:
-        _close_run_logs()
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def ledger(tmp_path: Path) -> list[str]:
-    path = tmp_path / "ledger.txt"
-    return path.read_text().split() if path.exists() else []
-
-
-def toy_run(tmp_path: Path, capsys, config: Path | None = None, *extra) -> tuple[int, str, str]:
-    return cli(capsys, "run", config or toy_config(tmp_path), "--no-progress", *extra)
-
-
-def undamaged_toy(tmp_path: Path, capsys, monkeypatch, **sections) -> dict:
-    """Artefacts of an uninterrupted, undamaged toy run in a separate directory (its own ledger)."""
-    ref = tmp_path / "reference"
-    with monkeypatch.context() as m:
-        m.setenv("TOY_LEDGER", str(ref / "ledger.txt"))
-        rc, _, err = toy_run(ref, capsys, toy_config(ref, **sections))
-    assert rc == 0, err
-    return artefacts(ref / "runs" / "toy")
-
-
-def finished_toy(tmp_path: Path, capsys) -> Path:
-    rc, _, err = toy_run(tmp_path, capsys)
-    assert rc == 0, err
-    assert sorted(ledger(tmp_path)) == sorted(TOY_UNITS)
-    return tmp_path / "runs" / "toy"
-
-
-def assert_nothing_written(tmp_path: Path, name: str = "tiny") -> None:
-    run_dir = tmp_path / "runs" / name
-    assert not run_dir.exists(), f"bad input left {files_under(run_dir) or 'an empty run dir'} behind"
-    assert files_under(tmp_path / "runs") == []
-
-
-def status_of(capsys, run_dir: Path) -> dict[str, str]:
-    """`collapse status RUN_DIR` parsed: {stage/unit: state}."""
-    rc, out, err = cli(capsys, "status", run_dir)
-    assert rc == 0, err
-    states, stage = {}, None
-    for line in out.splitlines():
-        if m := re.match(r"== (\w+): \d+/\d+ done", line):
-            stage = m.group(1)
-        elif stage and line and not line.startswith(("unit", "-", "==")) and len(line.split()) >= 2:
-            states[f"{stage}/{line.split()[0]}"] = line.split()[1]
-    return states
 
 
 # ================================================================ 1. configs
@@ -643,14 +567,6 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys, monkeypat
 
 
 # ================================================================ 6. read-only and full disks
-
-
-DISK_MESSAGES = {
-    errno.EROFS: "Read-only file system; the run directory must be writable (runs_dir: to write elsewhere)",
-    errno.EACCES: "Permission denied; the run directory must be writable (runs_dir: to write elsewhere)",
-    errno.ENOSPC: "No space left on device; free disk space and re-run the same command: it continues where it stopped",
-    errno.EDQUOT: "Disk quota exceeded; free quota and re-run the same command: it continues where it stopped",
-}
 
 
 @pytest.mark.parametrize("code", list(DISK_MESSAGES), ids=[errno.errorcode[c] for c in DISK_MESSAGES])

@@ -3,10 +3,11 @@ larger than a mixture, infinite or astronomic counts, negative seeds, a missing 
 cut-short `--stages` list, bad input found mid-run deleting finished units, YAML 1.1 booleans, a closed
 pipe, a file where a directory belongs, and a full disk reported by safetensors.
 
-Same idioms as tests/test_hardening.py (whose fixtures and CLI helper this module uses): runner-level
-cases use the toy stages of tests/toy_stages.py through the real CLI, pipeline-level ones plan
-tests/configs/tiny.yaml (`collapse plan` where it shows the check). Every case asserts the exit code, the
-one line `collapse: error: ...` naming the key, and that nothing was written or nothing finished removed.
+Same idioms as tests/test_hardening.py (whose fixtures and CLI helper, in tests/hardening_cli.py, this
+module uses): runner-level cases use the toy stages of tests/toy_stages.py through the real CLI,
+pipeline-level ones plan tests/configs/tiny.yaml (`collapse plan` where it shows the check). Every case
+asserts the exit code, the one line `collapse: error: ...` naming the key, and that nothing was written or
+nothing finished removed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
 import pytest
 
+from hardening_cli import (  # noqa: F401  (isolated: the autouse fixture; toy: the toy stages)
+    DISK_MESSAGES,
+    TOY_UNITS,
+    assert_nothing_written,
+    cli,
+    finished_toy,
+    isolated,
+    ledger,
+    status_of,
+    toy,
+    toy_run,
+)
 from hardening_helpers import (
     error_line,
     files_under,
@@ -34,18 +47,6 @@ from hardening_helpers import (
 )
 from pipeline.config import load_config
 from pipeline.errors import ExitCode, UserError
-from test_hardening import (  # noqa: F401  (isolated: the autouse fixture; toy: the toy stages)
-    DISK_MESSAGES,
-    TOY_UNITS,
-    assert_nothing_written,
-    cli,
-    finished_toy,
-    isolated,
-    ledger,
-    status_of,
-    toy,
-    toy_run,
-)
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 

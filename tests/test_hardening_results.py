@@ -1,9 +1,10 @@
 """Careless users against the results: a copied run checked in place, a diverged student, edited or
 deleted result numbers, replaced pretrained weights, the evaluation batch size, bits per byte.
 
-Same idioms as tests/test_hardening.py (whose fixtures and CLI helper this module uses): tiny pipeline
-runs of tests/configs/tiny.yaml with `--stages` cut short, and every case asserts the exit code, the one
-line `collapse: error: ...` and that nothing was written or the damage was repaired.
+Same idioms as tests/test_hardening.py (whose fixtures and CLI helper, in tests/hardening_cli.py, this
+module uses): tiny pipeline runs of tests/configs/tiny.yaml with `--stages` cut short, and every case
+asserts the exit code, the one line `collapse: error: ...` and that nothing was written or the damage was
+repaired.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
 import pytest
 
+from hardening_cli import _close_run_logs, cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
 from hardening_helpers import TINY, artefacts, files_under, last_error, snapshot, tiny_args
 from pipeline.errors import ExitCode
 from pipeline.orchestration.cli import main as cli_main
-from test_hardening import _close_run_logs, cli, isolated, status_of  # noqa: F401  (isolated: the autouse fixture)
 
 P0_MIX = ("mix.synthetic_fractions=[0.0]", "mix.token_budgets=[3000]")
 MIX_UNIT = "mix/g0-p0-n3000"

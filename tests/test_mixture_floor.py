@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from hardening_cli import cli, isolated  # noqa: F401  (isolated: the autouse fixture)
 from hardening_helpers import error_line, snapshot, tiny_args
-from test_hardening import cli, isolated  # noqa: F401  (isolated: the autouse fixture)
 
 from pipeline.data.reference import ReferenceLanguage
 from pipeline.data.reference_tokens import ReferenceTokenModel

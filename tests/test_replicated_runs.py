@@ -14,6 +14,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.orchestration.runner import default_stages, plan_run
 from pipeline.stages import generate, mix, teacher
+from pipeline_helpers import collapse
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 REPLICATED = ["teacher.replicates=2", "mix.draws=2"]
@@ -64,8 +65,6 @@ def test_replicate_counts_are_checked_when_the_config_is_read(tmp_path, key, val
 
 @pytest.fixture(scope="module")
 def replicated_run(tmp_path_factory):
-    from tests.test_pipeline import collapse
-
     cwd = tmp_path_factory.mktemp("replicated")
     sets = [a for item in [*REPLICATED, "mix.synthetic_fractions=[0.0,1.0]", "mix.token_budgets=[6000]"]
             for a in ("--set", item)]

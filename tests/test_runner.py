@@ -16,9 +16,8 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.orchestration.executor import Executor
-from pipeline.orchestration.sweep import run_units
-from pipeline.orchestration.launchers.local import LocalLauncher
 from pipeline.orchestration.runner import RunDir, plan_run, unit_lock
+from runner_helpers import _hold_lock_then_run, make_executor, run_all
 from toy_stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,15 +31,6 @@ def write_config(tmp_path: Path, **over) -> Path:
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def make_executor(config_path: Path, overrides=()) -> Executor:
-    cfg = load_config(config_path, list(overrides))
-    return Executor(cfg=cfg, stages=STAGES, planned=plan_run(cfg, STAGES))
-
-
-def run_all(executor: Executor):
-    return run_units(executor, list(executor.planned), LocalLauncher(), progress=False)
 
 
 def ledger(tmp_path: Path) -> list[str]:
@@ -109,7 +99,7 @@ def test_force_redoes_one_stage(tmp_path):
 
 def _run_in_subprocess(cfg_path: Path, env: dict) -> subprocess.Popen:
     code = ("import sys; sys.path.insert(0, 'tests');"
-            "from test_runner import make_executor, run_all;"
+            "from runner_helpers import make_executor, run_all;"
             f"run_all(make_executor(__import__('pathlib').Path({str(cfg_path)!r})))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env})
 
@@ -160,12 +150,6 @@ def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
     lock_path.parent.mkdir(parents=True)
     lock_path.write_text(json.dumps({"host": "gone", "pid": 999999}))  # left behind by a dead holder
     assert executor.execute(unit).status == "ran"
-
-
-def _hold_lock_then_run(cfg_path: str, queue) -> None:
-    sys.path.insert(0, str(REPO / "tests"))
-    executor = make_executor(Path(cfg_path))
-    queue.put(executor.execute(executor.planned.get("prepare/prepare")).status)
 
 
 def test_two_concurrent_runners_never_run_one_unit_twice(tmp_path, monkeypatch):

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from generate_helpers import EOS, known_distribution, unigram_model
 from pipeline.lm import sampling as S
 from pipeline.lm import sampling_device as SD
-from test_generate import EOS, known_distribution, unigram_model
 
 BUCKETED = SD.DecodePlan(bucket=True)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

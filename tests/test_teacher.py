@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import test_generate as G
+import generate_helpers as G
 from pipeline.errors import UserError
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
