@@ -284,7 +284,9 @@ def model_sizes(fit: dict) -> list[str]:
                      f"{order(predicted['above'].get('gap_order', []))} | "
                      f"{agree[predicted[applies].get('gap_order_agrees')]} | {order(entry['observed_loss_order'])} | "
                      f"{order(predicted[applies]['loss_order'])} | {agree[predicted[applies]['loss_order_agrees']]} |")
-    return lines + ["", f"Caveat: {theory['caveat']}.", ""]
+    from pipeline.analysis.size_order import gap_order_lines  # here, not at the top: as tails_fit in tails()
+
+    return lines + ["", f"Caveat: {theory['caveat']}.", ""] + gap_order_lines(sizes)
 
 
 def _generation_verdict(finding: dict) -> str:

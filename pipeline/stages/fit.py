@@ -22,7 +22,8 @@ student (and one synthetic generation when the run mixes several). fit.json:
   collapse_gap        rows of {curve, parameters, fraction, plateau_gap(+_ci) where both plateaus are identified,
                       measured_gap(+_ci, p_holm) at the largest budget, the gap's slope per doubling of n and verdict}.
   left_out            units whose loss is not finite (left out of every fit, with a warning in the log).
-  model_sizes         {compared: bool, why | generation, source, tokens, sizes, theory: `compare_model_sizes`}.
+  model_sizes         {compared: bool, why | generation, source, tokens, sizes, theory: `compare_model_sizes`,
+                      gap_order: {p: `size_order.gap_order` of the measured gaps at n = tokens}}.
   generations         {generate_mode, accumulate_margin, trends: loss vs generation index per student x mix_mode x
                       p x n, slope from the per-generation means (`generations`), finding per the generate mode}.
   tails               per corpus: Zipf beta of human and synthetic words, the cutoff top-p implies.
@@ -35,7 +36,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis import fitting, generations, power, prediction, replicates, tails_fit, theory_fit
+from pipeline.analysis import fitting, generations, power, prediction, replicates, size_order, tails_fit, theory_fit
 from pipeline.data.sources import REFERENCE_LANGUAGE
 from pipeline.io import write_json_atomic
 from pipeline.stages import artifacts
@@ -43,7 +44,7 @@ from pipeline.stages.artifacts import PREPARE_KEY
 from pipeline.unit import Unit
 
 NAME = "fit"
-VERSION = 6
+VERSION = 7
 
 
 def plan(cfg, planned) -> list[Unit]:
@@ -282,10 +283,22 @@ def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
     common = set.intersection(*(set(v) for v in values.values()))
     if 0.0 not in common or len(common) < 2:
         return {"compared": False, "why": f"the students share no p = 0 and p > 0 pair in {source}"}
+    theory = theory_fit.compare_model_sizes(values, tokens=budget)
     return {"compared": True, "generation": generation, "source": source, "tokens": budget,
             "sizes": [{"curve": label, "student": s["student"], "parameters": s["parameters"]}
                       for label, s in sorted(sized.items(), key=lambda kv: kv[1]["parameters"])],
-            "theory": theory_fit.compare_model_sizes(values, tokens=budget)}
+            "theory": theory, "gap_order": measured_gap_order(sized, budget, theory["applies"])}
+
+
+def measured_gap_order(sized: dict[str, dict], budget: int, applies: str) -> dict[str, Any]:
+    """Per p > 0 every size measured at `budget` has: `size_order.gap_order` on the measured gaps there."""
+    cells = {s["parameters"]: s["mean_loss"].get(str(budget), {}) for s in sized.values()}
+    fractions = set.intersection(*(set(c) for c in cells.values())) - {"0"}
+    if "0" not in set.intersection(*(set(c) for c in cells.values())):
+        return {}
+    return {p: {"budget": budget, **size_order.gap_order({size: {"p": c[p], "0": c["0"]} for size, c in cells.items()},
+                                                         applies)}
+            for p in sorted(fractions, key=float)}
 
 
 def generation_trends(rows: list[dict], generate_mode: str | None, margin: float | None) -> dict[str, Any]:

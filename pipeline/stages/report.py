@@ -19,7 +19,7 @@ from pipeline.stages import artifacts
 from pipeline.unit import Unit
 
 NAME = "report"
-VERSION = 4
+VERSION = 5
 
 
 def describe(cfg) -> dict[str, Any]:
