@@ -276,3 +276,20 @@ def test_excess_exponent_recovers_a_known_power_law_and_its_seed_interval():
     assert found["0"]["exponent"] == pytest.approx(0.25, abs=0.02) and found["1"]["exponent"] == pytest.approx(0.5, abs=0.02)
     assert found["0"]["ci"][0] < 0.25 < found["0"]["ci"][1] and found["0"]["budgets"] == 4
     assert excess_exponents([{**r, "excess_loss": None} for r in rows]) == {}  # no exact entropy: nothing claimed
+
+
+@pytest.mark.parametrize("share", ["exponent", "nothing"])
+def test_where_a_bound_binds_every_estimate_lies_inside_its_interval(share):
+    """A decline that accelerates with n (as the Wikipedia study's did) has its unconstrained best fit at a negative
+    plateau; the point fit stops at the bound, and its intervals must still hold it."""
+    rng = np.random.default_rng(3)
+    rows = [{"unit": f"p{p:g}-n{n}-s{s}", "synthetic_fraction": p, "token_budget": n, "seed": s,
+             "loss": float(7.0 + 0.1 * p - 0.03 * np.log2(n / 10_000) ** 2 + 0.01 * rng.standard_normal())}
+            for p in (0.0, 0.5) for n in BUDGETS for s in range(2)]
+    result = fit_scaling_curves(rows, share=share, bootstrap=20)
+    assert result["lack_of_fit"]["p_value"] < 0.01  # the law cannot describe it: the case the bound matters in
+    for fitted in result["per_fraction"].values():
+        alpha, alpha_ci = (fitted["alpha"], fitted["alpha_ci"]) if share == "nothing" else (result["alpha"],
+                                                                                          result["alpha_ci"])
+        assert alpha_ci[0] <= alpha <= alpha_ci[1], (alpha, alpha_ci)
+        assert fitted["E_ci"][0] <= fitted["E"] <= fitted["E_ci"][1], (fitted["E"], fitted["E_ci"])

@@ -145,7 +145,7 @@ class CurveFit:
         self.noise = _noise(pure_error, float(self.point["rss"]), spare)
         self.lack_of_fit = _f_test(float(self.point["rss"]), spare, self.noise) if pure_error[1] else None
         separable = all(self.budgets_of(f).size >= 2 for f in range(self.fractions.size))
-        self.profile = Profile(self.law, cells["means"], self.noise) if self.noise and separable else None
+        self.profile = Profile(self.law, cells["means"], self.noise, self.point) if self.noise and separable else None
         self.draws = self._draw(bootstrap, seed)
 
     def _draw(self, count: int, seed: int) -> dict:
