@@ -293,12 +293,12 @@ def compare_sizes(students: dict[str, dict]) -> dict[str, Any]:
 def measured_gap_order(sized: dict[str, dict], budget: int, applies: str) -> dict[str, Any]:
     """Per p > 0 every size measured at `budget` has: `size_order.gap_order` on the measured gaps there."""
     cells = {s["parameters"]: s["mean_loss"].get(str(budget), {}) for s in sized.values()}
-    fractions = set.intersection(*(set(c) for c in cells.values())) - {"0"}
-    if "0" not in set.intersection(*(set(c) for c in cells.values())):
+    shared = set.intersection(*(set(c) for c in cells.values()))
+    if "0" not in shared:
         return {}
     return {p: {"budget": budget, **size_order.gap_order({size: {"p": c[p], "0": c["0"]} for size, c in cells.items()},
                                                          applies)}
-            for p in sorted(fractions, key=float)}
+            for p in sorted(shared - {"0"}, key=float)}
 
 
 def generation_trends(rows: list[dict], generate_mode: str | None, margin: float | None) -> dict[str, Any]:
