@@ -16,6 +16,12 @@ so this test guards the property rather than reproducing the 5-in-666 divergence
 at demo scale (batch 1024, a trained teacher). The fix removes the two known differences between the
 processes; the kill-and-resume comparison of the demo is the test that would show the divergence.
 
+A third difference showed up later, and only in fresh processes: MKL's vector math (tanh, log, ...) chooses its
+code path at its first call, and when that call was the first forward pass, made by two threads at once, about
+one fresh process in ten computed one thread's half of the batch differently (the GELU of the first block, at
+the 1e-6 level): this test then failed about once in ten runs. `pipeline.lm.loading.settle_vector_math` makes
+that first call on one thread before any model is built or loaded; the worker does the same.
+
 Run as a script (`python tests/test_determinism.py OUT [--churn] [--no-startup]`) it is the worker.
 """
 
@@ -56,8 +62,11 @@ def worker(out: Path, churn: bool, startup: bool) -> None:
     import torch
 
     from pipeline.lm import sampling as S
+    from pipeline.lm.loading import settle_vector_math
 
     torch.set_num_threads(int(os.environ.get("DETERMINISM_THREADS", "2")))
+    if startup:
+        settle_vector_math()  # what build_model and load_model do before any model runs
     if churn:
         churn_allocator(torch, _model(torch, seed=1))
     model = _model(torch)

@@ -117,3 +117,16 @@ def test_merge_lora_matches_the_adapter_model():
         torch.testing.assert_close(plain(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="lora.target_modules"):
         apply_lora(build_model(ModelConfig(family="gpt2", size="nano"), 96, 32), LoraConfig(target_modules=["nope"]))
+
+
+def test_every_model_is_built_or_loaded_after_the_vector_math_is_settled(tmp_path, monkeypatch):
+    """build_model and load_model make the process's first MKL vector-math call on one thread (see
+    `loading.settle_vector_math`; the property itself: tests/test_determinism.py)."""
+    from pipeline.lm import loading
+
+    calls = []
+    monkeypatch.setattr(loading, "settle_vector_math", lambda: calls.append("settled"))
+    model = build_model(ModelConfig(family="gpt2", size="nano"), 300, 32)
+    model.save_pretrained(tmp_path / "ckpt")
+    load_model(str(tmp_path / "ckpt"))
+    assert calls == ["settled", "settled"]

@@ -18,6 +18,27 @@ from pipeline.errors import UserError
 from pipeline.lm.models import apply_lora, check_vocab, model_config
 from pipeline.lm.pretrained import resolve
 
+_vector_math_settled = False
+
+
+def settle_vector_math() -> None:
+    """One single-threaded call of MKL's vector math in this process before any model runs (idempotent).
+
+    On CPU torch computes tanh, log, erf and others with MKL's vector-math functions, which choose their code path
+    lazily, at the process's first call. When that first call is a model's forward pass it is made by several
+    threads at once, and in about one fresh process in ten the threads did not compute alike: the GELU (tanh) of a
+    GPT-2 block came out different at the 1e-6 level for the half of the batch one thread computed (measured on the
+    2-core AMD EPYC with MKL_CBWR set: 8 of 94 fresh processes; tests/test_determinism.py failed about as often).
+    One first call on a single thread (4,096 elements: below torch's grain for splitting work) settles it: 0 of 80
+    differed, whether that call was tanh or log. Called by `load_model` and `build_model`, so before every forward.
+    """
+    global _vector_math_settled
+    if not _vector_math_settled:
+        import torch
+
+        torch.log(torch.full((4096,), 2.0))
+        _vector_math_settled = True
+
 
 def load_model(spec: str | Path, *, trust_remote_code: bool = False, dtype: Any = None, device: Any = None):
     """AutoModelForCausalLM from a directory, a cached hub id or a GGUF spelling (converted first).
@@ -28,6 +49,7 @@ def load_model(spec: str | Path, *, trust_remote_code: bool = False, dtype: Any 
     import torch
     from transformers import AutoModelForCausalLM
 
+    settle_vector_math()
     path = resolve(str(spec), trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
@@ -47,6 +69,7 @@ def build_model(model_cfg, vocab_size: int, block_size: int, bos_token_id: int |
         return _pretrained_for_training(model_cfg, vocab_size, block_size)
     from transformers import AutoModelForCausalLM
 
+    settle_vector_math()
     config = model_config(model_cfg, vocab_size, block_size, bos_token_id, eos_token_id)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
