@@ -25,6 +25,9 @@ process (the CLI, its children, the test suite), at start-up (`start_up`):
   - The glibc allocator tuning that training applied (`tune_cpu_allocator`) changed where large buffers
     come from (heap or mmap, hence their alignment) in training processes only. It now applies to every
     process; forked workers inherit it, and every process started through the CLI applies it again.
+A third needs torch loaded and so is not done here: MKL's vector math (tanh, log, ...) chooses its code path at
+its first call, and a first call made by several threads at once did not always compute alike;
+`pipeline.lm.loading.settle_vector_math` makes it on one thread before any model is built or loaded.
 """
 
 from __future__ import annotations
