@@ -33,6 +33,14 @@ def combination_interval(coefficients, variances, dofs) -> dict | None:
     return {"se": se, "dof": dof, "half_width": float(stdtrit(dof, 0.5 + CONFIDENCE / 2) * se)}
 
 
+def cell_contrast(coefficients, cells) -> tuple[float, dict | None]:
+    """Σ c_j·mean_j over cells {mean, sd, seeds} (each the mean of independent replicates) and its
+    `combination_interval` (a cell of one replicate has no degree of freedom: no interval)."""
+    estimate = sum(c * cell["mean"] for c, cell in zip(coefficients, cells))
+    variances = [(cell["sd"] or 0.0) ** 2 / cell["seeds"] for cell in cells]
+    return float(estimate), combination_interval(coefficients, variances, [cell["seeds"] - 1 for cell in cells])
+
+
 def t_interval(estimate: float, combination: dict | None) -> list[float] | None:
     if combination is None:
         return None

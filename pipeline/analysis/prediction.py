@@ -162,9 +162,7 @@ def predict_heldout(rows: list[dict], share: str = "exponent") -> dict:
 
 def _difference(cell: dict, base: dict) -> dict:
     """L_p − L_0 of two cells with its Welch t-interval and one-sided p-value of "L_p > L_0"."""
-    gap = cell["mean"] - base["mean"]
-    terms = [(c, (x["sd"] or 0.0) ** 2 / x["seeds"], x["seeds"] - 1) for c, x in ((1, cell), (-1, base))]
-    combination = intervals.combination_interval(*zip(*terms))
+    gap, combination = intervals.cell_contrast([1, -1], [cell, base])
     return {"gap": gap, "gap_ci": intervals.t_interval(gap, combination), "seeds": [cell["seeds"], base["seeds"]],
             "dof": None if combination is None else combination["dof"],
             "p_value": intervals.p_above_zero(gap, combination)}

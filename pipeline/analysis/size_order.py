@@ -6,7 +6,7 @@ their seeds' spread, so each pair of adjacent sizes gets the difference of their
 
     D = (L_p − L_0)[larger] − (L_p − L_0)[smaller],
 
-a combination of four independent cell means with a Welch–Satterthwaite t-interval (`intervals.combination_interval`;
+a combination of four independent cell means with a Welch–Satterthwaite t-interval (`intervals.cell_contrast`;
 coverage measured in tests/test_size_order.py at 2, 3 and 5 replicates). The order counts as resolved only when
 every adjacent D's 95% interval excludes 0 with the same sign: an intersection–union test (Berger 1982), whose
 error rate is at most that of one interval's side, 2.5%, with no correction for the number of pairs.
@@ -14,7 +14,7 @@ error rate is at most that of one interval's side, 2.5%, with no correction for 
 
 from __future__ import annotations
 
-from pipeline.analysis.intervals import combination_interval, p_above_zero, t_interval
+from pipeline.analysis.intervals import cell_contrast, p_above_zero, t_interval
 
 METHOD = ("difference of the measured gaps L_p - L_0 of adjacent sizes at one budget: Welch-Satterthwaite t-interval "
           "over the four cell means; the order is resolved when every adjacent difference's 95% interval excludes 0 "
@@ -25,17 +25,9 @@ PREDICTED_DIRECTION = {"below": "grows", "above": "shrinks"}
 def gap_difference(smaller: dict, larger: dict) -> dict:
     """D = gap(larger) − gap(smaller) from two sizes' cells {"p": cell, "0": cell}, cell = {mean, sd, seeds}."""
     cells = [larger["p"], larger["0"], smaller["p"], smaller["0"]]
-    coefficients = [1.0, -1.0, -1.0, 1.0]
-    difference = sum(c * cell["mean"] for c, cell in zip(coefficients, cells))
-    combination = combination_interval(coefficients, [_variance_of_mean(cell) for cell in cells],
-                                       [cell["seeds"] - 1 for cell in cells])
-    return {"difference": float(difference), "ci": t_interval(difference, combination),
+    difference, combination = cell_contrast([1.0, -1.0, -1.0, 1.0], cells)
+    return {"difference": difference, "ci": t_interval(difference, combination),
             "p_larger_gap": p_above_zero(difference, combination)}
-
-
-def _variance_of_mean(cell: dict) -> float:
-    sd = cell.get("sd")
-    return float(sd) ** 2 / cell["seeds"] if sd is not None and cell["seeds"] > 1 else 0.0
 
 
 def gap_order(cells_by_size: dict[int, dict], applies: str) -> dict:
