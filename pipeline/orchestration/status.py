@@ -51,7 +51,6 @@ def unit_rows(cfg: Config, executor: Executor, stage: str, slurm_states: dict[st
 
 def print_status(cfg: Config, executor: Executor) -> None:
     from pipeline.orchestration.launchers import scheduler_states
-
     from pipeline.orchestration.sweep import mark_damaged
 
     slurm_states = scheduler_states(cfg, executor)
